@@ -1,0 +1,5 @@
+"""The artifacts page; drawing lives in cfo_desk.ui.artifacts."""
+
+from cfo_desk.ui import artifacts
+
+artifacts.render()

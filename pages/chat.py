@@ -1,0 +1,5 @@
+"""The chat page; drawing lives in cfo_desk.ui.chat."""
+
+from cfo_desk.ui import chat
+
+chat.render()

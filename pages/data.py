@@ -1,0 +1,5 @@
+"""The data page; drawing lives in cfo_desk.ui.data."""
+
+from cfo_desk.ui import data
+
+data.render()

@@ -1,0 +1,1 @@
+"""The CFO agent: pydantic-ai agent, its tools over the sandboxed DuckDB, outputs, turn runner."""

@@ -1,0 +1,67 @@
+"""What the agent's tools can reach during one run: the workspace database and the run's folder."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cfo_desk.analytics.sandbox import QUERY_TIMEOUT_S, RESULT_ROW_LIMIT, ROWS_TO_MODEL, QueryRun
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """A dataset as the agent sees it: its table, source file (and sheet) and content hash."""
+
+    dataset_id: int
+    table_name: str
+    source: str
+    sha256: str
+    row_count: int
+    columns: list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class SqlLimits:
+    """Named limits for agent SQL: seconds per query, rows shown to the model, rows kept."""
+
+    timeout_s: float = QUERY_TIMEOUT_S
+    rows_to_model: int = ROWS_TO_MODEL
+    result_row_limit: int = RESULT_ROW_LIMIT
+
+
+@dataclass
+class QueryResultRecord:
+    """One successful run_sql call: its handle (q1, q2, ...), purpose, SQL and result."""
+
+    handle: str
+    purpose: str
+    sql: str
+    run: QueryRun
+
+
+@dataclass
+class AgentDeps:
+    """Dependencies of one agent run (one turn).
+
+    `run_dir` receives each result as `<handle>.parquet`; `results` collects them in call order.
+    """
+
+    workspace_name: str
+    db_path: Path
+    run_dir: Path
+    datasets: list[DatasetRef]
+    limits: SqlLimits = field(default_factory=SqlLimits)
+    results: list[QueryResultRecord] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def next_handle(self) -> str:
+        """The next result handle, q1, q2, ... (safe when tools run concurrently)."""
+        with self._lock:
+            self._counter = getattr(self, "_counter", 0) + 1
+            return f"q{self._counter}"
+
+    def add_result(self, record: QueryResultRecord) -> None:
+        """Keep a finished result (thread-safe)."""
+        with self._lock:
+            self.results.append(record)

@@ -1,0 +1,1 @@
+"""Per-workspace DuckDB: ingest, the sandboxed read connection, profiles, sample data."""

@@ -1,0 +1,63 @@
+"""Configuration read from the environment or a `.env` file (pydantic-settings).
+
+| variable | meaning | default |
+|---|---|---|
+| `CFO_DESK_HOME` | data root: one folder per workspace, the SQLite file | `./workspaces` |
+| `DATABASE_URL` | any SQLAlchemy URL for the app's store | SQLite file `cfo_desk.db` under the home |
+| `CFO_DESK_MODEL` | a pydantic-ai model string, e.g. `openai-chat:gpt-4.1` | unset: asking is disabled |
+| `CFO_DESK_SQL_TIMEOUT` | seconds one agent query may run | 30 |
+| `CFO_DESK_SQL_ROWS_TO_MODEL` | rows of a result shown to the model | 200 |
+| `CFO_DESK_SQL_RESULT_ROW_LIMIT` | rows of a result kept as Parquet | 1,000,000 |
+| `CFO_DESK_REQUEST_LIMIT` | model requests per turn | 25 |
+| `CFO_DESK_TOOL_CALLS_LIMIT` | tool calls per turn | 30 |
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from dotenv import load_dotenv
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """The app's settings; field names are the environment variable names, case-insensitive."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    cfo_desk_home: Path = Field(default=Path("workspaces"), description="Data root folder.")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; SQLite under the home if unset.")
+    cfo_desk_model: str | None = Field(default=None, description="pydantic-ai model string.")
+    cfo_desk_sql_timeout: float = Field(default=30.0, gt=0, description="Seconds per agent query.")
+    cfo_desk_sql_rows_to_model: int = Field(default=200, gt=0, description="Result rows shown to the model.")
+    cfo_desk_sql_result_row_limit: int = Field(default=1_000_000, gt=0, description="Result rows kept as Parquet.")
+    cfo_desk_request_limit: int = Field(default=25, gt=0, description="Model requests per turn.")
+    cfo_desk_tool_calls_limit: int = Field(default=30, gt=0, description="Tool calls per turn.")
+
+    @property
+    def home(self) -> Path:
+        """The data root as an absolute path (created on first use by the storage layer)."""
+        return self.cfo_desk_home.expanduser().resolve()
+
+    @property
+    def db_url(self) -> str:
+        """The store's SQLAlchemy URL: `DATABASE_URL`, else `sqlite:///<home>/cfo_desk.db`."""
+        return self.database_url or f"sqlite:///{self.home / 'cfo_desk.db'}"
+
+    @property
+    def model(self) -> str | None:
+        """The configured model string, or None when blank or unset."""
+        return (self.cfo_desk_model or "").strip() or None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once; tests call `get_settings.cache_clear()` after changing env.
+
+    Also loads `.env` into the process environment (without overriding what is set), because the
+    model providers read their keys (OPENAI_API_KEY, ANTHROPIC_API_KEY, ...) from there.
+    """
+    load_dotenv(".env", override=False)
+    return Settings()

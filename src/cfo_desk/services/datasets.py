@@ -1,0 +1,218 @@
+"""Datasets: upload (CSV, or XLSX with one dataset per worksheet), replace, re-read, delete, view.
+
+An upload keeps the original file under the workspace's `uploads/`, ingests it into the
+workspace's DuckDB in one transaction, then records a Dataset row per table. When ingest fails,
+the error names the file and the problem, and nothing of the upload remains (no table, no row, no
+file); a table being replaced survives intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+from sqlmodel import Session, select
+
+from cfo_desk.analytics import ingest
+from cfo_desk.analytics.profile import preview, profile_table
+from cfo_desk.analytics.store import quote_ident, writer
+from cfo_desk.services.errors import Conflict, InvalidInput, NotFound
+from cfo_desk.services.workspaces import get_workspace
+from cfo_desk.storage.files import duckdb_path, workspace_dir, write_atomic
+from cfo_desk.storage.models import Dataset, utcnow
+
+MAX_UPLOAD_BYTES = 200 * 1024 * 1024  # matches server.maxUploadSize in .streamlit/config.toml
+OnConflict = Literal["ask", "replace", "keep_both"]
+
+
+class DuplicateUpload(Conflict):
+    """A file of this name was uploaded before; the caller must choose replace or keep both."""
+
+    def __init__(self, filename: str, existing: list[Dataset]):
+        self.filename = filename
+        self.existing = existing
+        names = ", ".join(d.table_name for d in existing)
+        super().__init__(f"{filename} was uploaded before (as {names}). Replace it, or keep both?")
+
+
+def _safe_filename(name: str) -> str:
+    base = Path(name).name.strip() or "upload"
+    return re.sub(r"[^A-Za-z0-9._ -]+", "_", base)[:120]
+
+
+def list_datasets(*, session: Session, workspace_id: int) -> list[Dataset]:
+    """The workspace's datasets, by table name."""
+    return list(session.exec(select(Dataset).where(Dataset.workspace_id == workspace_id).order_by(Dataset.table_name)))
+
+
+def get_dataset(*, session: Session, dataset_id: int) -> Dataset:
+    """The dataset with this id; raises NotFound."""
+    ds = session.get(Dataset, dataset_id)
+    if ds is None:
+        raise NotFound("That dataset no longer exists.")
+    return ds
+
+
+def dataset_columns(ds: Dataset) -> list[dict[str, str]]:
+    """[{"name", "type"}] of a dataset's table."""
+    return json.loads(ds.columns_json)
+
+
+def dataset_notes(ds: Dataset) -> list[str]:
+    """What ingest noticed and did (renamed headers, assumed date order, padded rows ...)."""
+    return json.loads(ds.notes_json or "[]")
+
+
+def ambiguous_date_columns(ds: Dataset) -> list[str]:
+    """Columns whose day/month order was assumed (see `ds.date_order`)."""
+    return json.loads(ds.ambiguous_date_columns_json or "[]")
+
+
+def upload_file(
+    *,
+    session: Session,
+    workspace_id: int,
+    filename: str,
+    data: bytes,
+    on_conflict: OnConflict = "ask",
+    date_order: str | None = None,
+) -> list[Dataset]:
+    """Keep and ingest one uploaded file; returns its datasets (one per CSV, one per worksheet).
+
+    on_conflict: when datasets from a file of the same name exist, "ask" raises DuplicateUpload,
+    "replace" re-uses their table names (and drops their tables the new file no longer has),
+    "keep_both" ingests beside them under new names. Raises InvalidInput for empty or oversized
+    files and ingest.IngestError (file name + problem) for files that can't be read.
+    """
+    ws = get_workspace(session=session, workspace_id=workspace_id)
+    original = Path(filename).name or "upload"
+    if not data:
+        raise InvalidInput(f"{original}: the file is empty.")
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise InvalidInput(f"{original}: the file is larger than {MAX_UPLOAD_BYTES // 2**20} MB.")
+    existing = list(session.exec(select(Dataset).where(Dataset.workspace_id == ws.id, Dataset.source_filename == original)))
+    if existing and on_conflict == "ask":
+        raise DuplicateUpload(original, existing)
+    replacing = existing if on_conflict == "replace" else []
+
+    sha = hashlib.sha256(data).hexdigest()
+    rel = f"uploads/{sha[:12]}-{_safe_filename(original)}"
+    folder = workspace_dir(ws.key)
+    kept = folder / rel
+    was_there = kept.exists()
+    write_atomic(kept, data)
+    try:
+        labels = ingest.sheet_labels(kept, original)
+        old_by_label = {d.sheet_name: d for d in replacing}
+        taken = {d.table_name for d in list_datasets(session=session, workspace_id=ws.id)} - {d.table_name for d in replacing}
+        table_names: dict[str | None, str] = {}
+        for label in labels:
+            if label in old_by_label:
+                name = old_by_label[label].table_name
+            else:
+                stem = Path(original).stem + (f"_{label}" if label is not None and len(labels) > 1 else "")
+                name = ingest.safe_table_name(stem, taken)
+            taken.add(name)
+            table_names[label] = name
+        tables = ingest.ingest_file(duckdb_path(ws.key), kept, original_name=original, table_names=table_names, date_order=date_order)
+    except BaseException:
+        if not was_there:
+            kept.unlink(missing_ok=True)
+        session.rollback()
+        raise
+
+    old_files = {d.file_path for d in replacing}
+    dropped = [d for d in replacing if d.sheet_name not in table_names]
+    out: list[Dataset] = []
+    for t in tables:
+        ds = old_by_label.get(t.sheet_name) or Dataset(workspace_id=ws.id, table_name=t.table_name, source_filename=original)
+        ds.table_name = t.table_name
+        ds.sheet_name = t.sheet_name
+        ds.file_path = rel
+        ds.sha256 = sha
+        ds.size_bytes = len(data)
+        ds.row_count = t.row_count
+        ds.columns_json = json.dumps([{"name": c.name, "type": c.type} for c in t.columns])
+        ds.notes_json = json.dumps(t.notes)
+        ds.date_order = t.date_order
+        ds.ambiguous_date_columns_json = json.dumps(t.ambiguous_date_columns)
+        ds.created_at = utcnow()
+        session.add(ds)
+        out.append(ds)
+    for d in dropped:
+        session.delete(d)
+    session.commit()
+    if dropped:
+        _drop_tables(duckdb_path(ws.key), [d.table_name for d in dropped])
+    for old in old_files - {rel}:
+        _forget_file(session, folder, old)
+    for ds in out:
+        session.refresh(ds)
+    return out
+
+
+def set_date_order(*, session: Session, dataset_id: int, date_order: str) -> Dataset:
+    """Re-read a dataset from its kept file with day/month order "DMY" or "MDY"; returns it updated."""
+    if date_order not in ("DMY", "MDY"):
+        raise InvalidInput("Date order must be DMY (day first) or MDY (month first).")
+    ds = get_dataset(session=session, dataset_id=dataset_id)
+    ws = get_workspace(session=session, workspace_id=ds.workspace_id)
+    path = workspace_dir(ws.key) / ds.file_path
+    if not path.exists():
+        raise NotFound(f"The original of {ds.source_filename} is missing from the workspace folder.")
+    (t,) = ingest.ingest_file(
+        duckdb_path(ws.key), path, original_name=ds.source_filename, table_names={ds.sheet_name: ds.table_name}, date_order=date_order
+    )
+    ds.row_count = t.row_count
+    ds.columns_json = json.dumps([{"name": c.name, "type": c.type} for c in t.columns])
+    ds.notes_json = json.dumps(t.notes)
+    ds.date_order = t.date_order or date_order
+    ds.ambiguous_date_columns_json = json.dumps(t.ambiguous_date_columns)
+    session.add(ds)
+    session.commit()
+    session.refresh(ds)
+    return ds
+
+
+def delete_dataset(*, session: Session, dataset_id: int) -> None:
+    """Delete a dataset: its row, its DuckDB table, and its kept file when no other dataset uses it.
+
+    Past answers keep their results (artifacts hold their own Parquet files).
+    """
+    ds = get_dataset(session=session, dataset_id=dataset_id)
+    ws = get_workspace(session=session, workspace_id=ds.workspace_id)
+    session.delete(ds)
+    session.commit()
+    _drop_tables(duckdb_path(ws.key), [ds.table_name])
+    _forget_file(session, workspace_dir(ws.key), ds.file_path)
+
+
+def _drop_tables(db_path: Path, tables: list[str]) -> None:
+    with writer(db_path) as con:
+        for t in tables:
+            con.execute(f"DROP TABLE IF EXISTS {quote_ident(t)}")
+
+
+def _forget_file(session: Session, folder: Path, rel: str) -> None:
+    """Remove a kept upload once no dataset refers to it."""
+    if session.exec(select(Dataset).where(Dataset.file_path == rel)).first() is None:
+        (folder / rel).unlink(missing_ok=True)
+
+
+def dataset_preview(*, session: Session, dataset_id: int, rows: int = 50) -> pd.DataFrame:
+    """The first `rows` rows of the dataset's table."""
+    ds = get_dataset(session=session, dataset_id=dataset_id)
+    ws = get_workspace(session=session, workspace_id=ds.workspace_id)
+    return preview(duckdb_path(ws.key), ds.table_name, rows)
+
+
+def dataset_profile(*, session: Session, dataset_id: int) -> pd.DataFrame:
+    """Per column: type, rows, nulls, null %, distinct, min, max (see analytics.profile)."""
+    ds = get_dataset(session=session, dataset_id=dataset_id)
+    ws = get_workspace(session=session, workspace_id=ds.workspace_id)
+    return profile_table(duckdb_path(ws.key), ds.table_name)
+

@@ -1,0 +1,223 @@
+"""The chat page: a thread's conversation, its answers with their tables and SQL, fork and retry."""
+
+from __future__ import annotations
+
+import json
+
+import streamlit as st
+
+from cfo_desk.services import artifacts as artifacts_svc
+from cfo_desk.services import threads as threads_svc
+from cfo_desk.services import turns
+from cfo_desk.services.errors import ServiceError
+from cfo_desk.services.samples import SAMPLE_QUESTIONS
+from cfo_desk.services.session import open_session
+from cfo_desk.services.artifacts import Artifact
+from cfo_desk.services.threads import Message, MessageStatus, Role
+from cfo_desk.services.turns import Progress
+from cfo_desk.ui import state
+from cfo_desk.ui.format import column_config, figure, short_hash
+
+
+def render() -> None:
+    """Draw the chat page for the open workspace and thread."""
+    state.show_flashes()
+    ws_id = state.current_workspace_id()
+    if ws_id is None:
+        st.title("CFO Desk")
+        st.markdown(
+            "Ask finance questions of your own exports. Create a workspace in the sidebar and upload CSV or "
+            "Excel files, or **Load sample workspace** to try it on a SaaS company's data."
+        )
+        return
+
+    problem = turns.asking_problem()
+    thread_id = state.current_thread_id()
+    with open_session() as session:
+        try:
+            thread = threads_svc.get_thread(session=session, thread_id=thread_id) if thread_id else None
+        except ServiceError:
+            thread = None
+        if thread is not None and thread.workspace_id != ws_id:
+            thread = None
+        messages = threads_svc.conversation(session=session, thread_id=thread.id) if thread else []
+        arts = artifacts_svc.artifacts_by_message(session=session, message_ids=[m.id for m in messages])
+        frames = {a.id: _frame(session, a) for items in arts.values() for a in items}
+
+    if thread is None:
+        st.title("New thread")
+        st.caption("Ask a question about this workspace's data. Each answer shows its figures, the tables and SQL behind them.")
+    else:
+        st.title(thread.title)
+        if thread.forked_from_message_id is not None:
+            st.caption(
+                f":material/call_split: Forked from “{thread.forked_from_thread_title}” at message #{thread.forked_from_message_id}. "
+                "Turns here never appear in the source thread, and the reverse."
+            )
+    if problem:
+        st.info(problem, icon=":material/key:")
+
+    for msg in messages:
+        _message(msg, thread.id, arts.get(msg.id, []), frames, is_head=(msg.id == thread.head_message_id))
+
+    if not messages and not problem:
+        st.markdown("**Try asking**")
+        cols = st.columns(2)
+        for i, q in enumerate(SAMPLE_QUESTIONS[:4]):
+            if cols[i % 2].button(q, key=f"sample_q_{i}", width="stretch"):
+                st.session_state["_queued_prompt"] = q
+                st.rerun()
+
+    head = messages[-1] if messages else None
+    if head is not None and head.role == Role.user and not problem:
+        st.warning("This question has no answer yet.")
+        if st.button("Answer this question", icon=":material/play_arrow:", key="answer_unanswered"):
+            _run(thread.id, head, fresh=False)
+
+    prompt = st.chat_input("Ask about your data, e.g. What was MRR in December 2024?", disabled=bool(problem), key="composer")
+    prompt = prompt or st.session_state.pop("_queued_prompt", None)
+    if prompt and not problem:
+        if thread is None:
+            with open_session() as session:
+                thread = threads_svc.create_thread(session=session, workspace_id=ws_id)
+            state.open_thread(thread.id)
+        try:
+            with open_session() as session:
+                user_msg = turns.add_user_message(session=session, thread_id=thread.id, content=prompt)
+        except ServiceError as exc:
+            st.error(str(exc))
+            return
+        _run(thread.id, user_msg, fresh=True)
+
+
+def _frame(session, artifact: Artifact):
+    try:
+        return artifacts_svc.result_frame(session=session, artifact=artifact)
+    except ServiceError as exc:
+        return str(exc)
+
+
+def _run(thread_id: int, user_msg: Message, *, fresh: bool) -> None:
+    """Answer `user_msg`, showing live progress, then rerun to draw the stored result."""
+    if fresh:
+        with st.chat_message("user"):
+            st.markdown(user_msg.content)
+    with st.chat_message("assistant"):
+        with st.status("Working on it…", expanded=True) as status:
+
+            def on_progress(p: Progress) -> None:
+                if p.kind == "tool_call":
+                    if p.tool == "run_sql":
+                        st.markdown(f"**Running SQL:** {p.purpose or ''}")
+                        if p.sql:
+                            st.code(p.sql, language="sql")
+                    elif p.tool.startswith("final_result"):
+                        st.markdown("Writing the answer…")
+                    else:
+                        st.markdown(f"Calling `{p.tool}`…")
+                elif p.error:
+                    st.markdown(f":orange[`{p.tool}` failed; the agent will try again:] {p.error[:300]}")
+                elif p.row_count is not None:
+                    st.markdown(f"→ {p.row_count:,} row(s)")
+
+            with open_session() as session:
+                reply = turns.answer(
+                    session=session,
+                    thread_id=thread_id,
+                    user_message_id=user_msg.id,
+                    model=turns.configured_model(),
+                    on_progress=on_progress,
+                )
+            if reply.status == MessageStatus.failed:
+                status.update(label="The turn failed", state="error", expanded=False)
+            else:
+                status.update(label=f"Done in {reply.duration_s or 0:.1f} s", state="complete", expanded=False)
+    st.rerun()
+
+
+def _message(msg: Message, thread_id: int, arts: list[Artifact], frames: dict, *, is_head: bool) -> None:
+    role = "user" if msg.role == Role.user else "assistant"
+    with st.chat_message(role):
+        if msg.role == Role.user:
+            st.markdown(msg.content)
+        elif msg.status == MessageStatus.failed:
+            st.error(msg.error or msg.content, icon=":material/error:")
+            if is_head and st.button("Retry", key=f"retry_{msg.id}", icon=":material/refresh:"):
+                with open_session() as session:
+                    user_msg = session.get(Message, msg.parent_id)
+                _run(thread_id, user_msg, fresh=False)
+        elif msg.status == MessageStatus.clarification:
+            st.markdown(":material/help: **A question before I answer**")
+            st.markdown(msg.content)
+            st.caption("Reply in the box below.")
+        else:
+            _answer(msg, arts, frames)
+        _message_footer(msg, thread_id)
+
+
+def _answer(msg: Message, arts: list[Artifact], frames: dict) -> None:
+    output = json.loads(msg.output_json or "{}")
+    figures = output.get("key_figures") or []
+    if figures:
+        cols = st.columns(min(len(figures), 4))
+        for i, f in enumerate(figures):
+            cols[i % len(cols)].metric(f.get("label", ""), figure(f.get("value", 0), f.get("unit", "")), help=_figure_help(f))
+    st.markdown(msg.content)
+    if output.get("assumptions"):
+        st.caption("Assumptions: " + " · ".join(output["assumptions"]))
+    shown = output.get("queries") or [a.handle for a in arts]
+    by_handle = {a.handle: a for a in arts}
+    for handle in [h for h in shown if h in by_handle] or [a.handle for a in arts]:
+        _result(by_handle[handle], frames.get(by_handle[handle].id))
+    read = {(d["source"], d["sha256"]) for a in arts for d in artifacts_svc.datasets_read(a)}
+    if read:
+        st.caption("Datasets read: " + " · ".join(f"{src} ({short_hash(sha)})" for src, sha in sorted(read)))
+
+
+def _figure_help(f: dict) -> str:
+    parts = [f"Value: {f.get('value')} {f.get('unit', '')}"]
+    if f.get("period"):
+        parts.append(f"Period: {f['period']}")
+    if f.get("query"):
+        parts.append(f"From result {f['query']}")
+    return " · ".join(parts)
+
+
+def _result(art: Artifact, frame) -> None:
+    with st.container(border=True):
+        st.markdown(f"**{art.handle} · {art.title}**  ·  {art.row_count:,} row(s)" + (" (truncated)" if art.truncated else ""))
+        if isinstance(frame, str):
+            st.warning(frame)
+        else:
+            st.dataframe(frame, hide_index=True, column_config=column_config(frame), key=f"df_{art.id}")
+        left, right = st.columns([4, 1])
+        with left.expander("SQL"):
+            st.code(art.sql or "", language="sql")
+            if art.duration_s is not None:
+                st.caption(f"Ran in {art.duration_s:.3f} s")
+        if not isinstance(frame, str):
+            right.download_button(
+                "CSV",
+                data=artifacts_svc.to_safe_csv(frame),
+                file_name=f"{art.handle}-{art.title[:40].strip().replace(' ', '_') or 'result'}.csv",
+                mime="text/csv",
+                key=f"csv_{art.id}",
+                icon=":material/download:",
+            )
+
+
+def _message_footer(msg: Message, thread_id: int) -> None:
+    cols = st.columns([1, 5])
+    if cols[0].button("Fork from here", key=f"fork_{msg.id}", icon=":material/call_split:", type="tertiary"):
+        with open_session() as session:
+            fork = threads_svc.fork_thread(session=session, thread_id=thread_id, message_id=msg.id)
+        state.open_thread(fork.id)
+        state.flash(f"Forked into “{fork.title}”. Ask a different question here; the original thread is unchanged.", "info")
+        st.rerun()
+    if msg.role == Role.assistant and msg.duration_s is not None:
+        meta = f"#{msg.id} · {msg.duration_s:.1f} s"
+        if msg.model_name:
+            meta += f" · {msg.model_name}"
+        cols[1].caption(meta)
+    else:
+        cols[1].caption(f"#{msg.id}")

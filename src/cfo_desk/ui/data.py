@@ -1,0 +1,68 @@
+"""The Data page: per dataset its first rows, a column profile, row count and provenance."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from cfo_desk.services import datasets as datasets_svc
+from cfo_desk.services.errors import ServiceError
+from cfo_desk.services.session import open_session
+from cfo_desk.ui import state
+from cfo_desk.ui.format import column_config, human_bytes
+
+
+def render() -> None:
+    """Draw the Data page for the open workspace."""
+    state.show_flashes()
+    st.title("Data")
+    ws_id = state.current_workspace_id()
+    if ws_id is None:
+        st.info("Open or create a workspace in the sidebar first.")
+        return
+    with open_session() as session:
+        rows = datasets_svc.list_datasets(session=session, workspace_id=ws_id)
+    if not rows:
+        st.info("No datasets yet. Upload CSV or Excel files in the sidebar.")
+        return
+    names = {d.id: f"{d.table_name}  ·  {d.row_count:,} rows" for d in rows}
+    chosen = st.selectbox("Dataset", options=list(names), format_func=names.get, key="data_pick")
+    with open_session() as session:
+        ds = datasets_svc.get_dataset(session=session, dataset_id=chosen)
+        head = datasets_svc.dataset_preview(session=session, dataset_id=chosen, rows=50)
+        profile = datasets_svc.dataset_profile(session=session, dataset_id=chosen)
+
+    a, b, c = st.columns(3)
+    a.metric("Rows", f"{ds.row_count:,}")
+    b.metric("Columns", len(datasets_svc.dataset_columns(ds)))
+    c.metric("File size", human_bytes(ds.size_bytes))
+    source = ds.source_filename + (f" — worksheet “{ds.sheet_name}”" if ds.sheet_name else "")
+    st.caption(f"Table `{ds.table_name}` from **{source}** · sha256 `{ds.sha256}` · loaded {ds.created_at:%Y-%m-%d %H:%M} UTC")
+    notes = datasets_svc.dataset_notes(ds)
+    if notes:
+        with st.expander(f"What ingest noticed ({len(notes)})", expanded=bool(ds.date_order)):
+            for n in notes:
+                st.markdown(f"- {n}")
+    if ds.date_order:
+        other = "MDY" if ds.date_order == "DMY" else "DMY"
+        st.caption(f"Ambiguous dates ({', '.join(datasets_svc.ambiguous_date_columns(ds))}) were read as {ds.date_order}.")
+        if st.button(f"Re-read dates as {other}", key="switch_dates"):
+            with open_session() as session:
+                datasets_svc.set_date_order(session=session, dataset_id=ds.id, date_order=other)
+            st.rerun()
+
+    st.subheader("First rows")
+    st.dataframe(head, hide_index=True, column_config=column_config(head))
+    st.subheader("Column profile")
+    st.dataframe(profile, hide_index=True, column_config=column_config(profile))
+
+    with st.popover("Delete dataset", icon=":material/delete:"):
+        st.markdown(f"Delete `{ds.table_name}` and its uploaded file? Past answers keep their results.")
+        if st.button("Delete", type="primary", key="delete_dataset"):
+            try:
+                with open_session() as session:
+                    datasets_svc.delete_dataset(session=session, dataset_id=ds.id)
+            except ServiceError as exc:
+                st.error(str(exc))
+            else:
+                state.flash(f"Deleted dataset {ds.table_name}.", "info")
+                st.rerun()

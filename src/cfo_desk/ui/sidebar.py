@@ -1,0 +1,241 @@
+"""The sidebar: workspace picker (create, rename, delete), file upload, datasets, threads."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from cfo_desk.analytics.ingest import IngestError
+from cfo_desk.services import datasets as datasets_svc
+from cfo_desk.services import samples, threads as threads_svc, workspaces as workspaces_svc
+from cfo_desk.services.errors import ServiceError
+from cfo_desk.services.session import open_session
+from cfo_desk.ui import state
+from cfo_desk.ui.format import human_bytes, short_hash
+
+UPLOAD_TYPES = ["csv", "tsv", "txt", "xlsx", "xlsm"]
+
+
+def render() -> None:
+    """Draw the whole sidebar for the current workspace."""
+    with st.sidebar:
+        st.markdown("### 📊 CFO Desk")
+        with open_session() as session:
+            all_ws = workspaces_svc.list_workspaces(session=session)
+        ws_id = state.current_workspace_id()
+        if ws_id not in {w.id for w in all_ws}:
+            ws_id = all_ws[0].id if all_ws else None
+            state.open_workspace(ws_id)
+        _workspace_picker(all_ws, ws_id)
+        if ws_id is None:
+            return
+        st.divider()
+        _uploader(ws_id)
+        _datasets(ws_id)
+        st.divider()
+        _threads(ws_id)
+
+
+def _workspace_picker(all_ws, ws_id: int | None) -> None:
+    if all_ws:
+        names = {w.id: w.name for w in all_ws}
+        chosen = st.selectbox("Workspace", options=list(names), index=list(names).index(ws_id), format_func=names.get, key=f"ws_pick_{ws_id}")
+        if chosen != ws_id:
+            state.open_workspace(chosen)
+            st.rerun()
+    else:
+        st.info("No workspace yet. Load the sample, or create one for your own files.")
+        if st.button("Load sample workspace", type="primary", icon=":material/auto_awesome:", width="stretch"):
+            with st.spinner("Creating the sample workspace…"), open_session() as session:
+                ws = samples.load_sample_workspace(session=session)
+            state.open_workspace(ws.id)
+            state.flash(f"Loaded “{ws.name}”: customers, subscriptions, orders and marketing spend. Try a sample question.")
+            st.rerun()
+
+    with st.popover("New workspace", icon=":material/add:", width="stretch"):
+        with st.form("create_workspace", clear_on_submit=True, border=False):
+            name = st.text_input("Name", placeholder="e.g. FY2024 close")
+            if st.form_submit_button("Create", type="primary"):
+                try:
+                    with open_session() as session:
+                        ws = workspaces_svc.create_workspace(session=session, name=name)
+                except ServiceError as exc:
+                    st.error(str(exc))
+                else:
+                    state.open_workspace(ws.id)
+                    state.flash(f"Created workspace “{ws.name}”. Upload CSV or Excel files below.")
+                    st.rerun()
+        if all_ws:
+            st.button("Load sample workspace", key="sample_again", on_click=_load_sample_again)
+
+    if ws_id is None:
+        return
+    with st.popover("Manage workspace", icon=":material/settings:", width="stretch"):
+        with st.form("rename_workspace", border=False):
+            new_name = st.text_input("Rename to", value={w.id: w.name for w in all_ws}[ws_id])
+            if st.form_submit_button("Rename"):
+                try:
+                    with open_session() as session:
+                        workspaces_svc.rename_workspace(session=session, workspace_id=ws_id, name=new_name)
+                except ServiceError as exc:
+                    st.error(str(exc))
+                else:
+                    st.rerun()
+        if st.button("Delete workspace…", icon=":material/delete:", type="secondary"):
+            _confirm_delete_workspace(ws_id)
+
+
+def _load_sample_again() -> None:
+    with open_session() as session:
+        ws = samples.load_sample_workspace(session=session)
+    state.open_workspace(ws.id)
+    state.flash(f"Loaded “{ws.name}”.")
+
+
+@st.dialog("Delete workspace")
+def _confirm_delete_workspace(ws_id: int) -> None:
+    with open_session() as session:
+        ws = workspaces_svc.get_workspace(session=session, workspace_id=ws_id)
+        c = workspaces_svc.workspace_contents(session=session, workspace_id=ws_id)
+    st.markdown(
+        f"Delete **{ws.name}** for good? This removes its {c.datasets} dataset(s) and their uploaded files, "
+        f"{c.threads} thread(s) with {c.messages} message(s), and {c.artifacts} query result(s): "
+        f"{human_bytes(c.bytes_on_disk)} on disk. It cannot be undone."
+    )
+    left, right = st.columns(2)
+    if left.button("Delete", type="primary", width="stretch"):
+        with open_session() as session:
+            workspaces_svc.delete_workspace(session=session, workspace_id=ws_id)
+        state.open_workspace(None)
+        state.flash(f"Deleted workspace “{ws.name}”.", "info")
+        st.rerun()
+    if right.button("Cancel", width="stretch"):
+        st.rerun()
+
+
+# ---------------------------------------------------------------------------------------------
+# Uploads
+
+
+def _uploader(ws_id: int) -> None:
+    gen = st.session_state.setdefault("_upload_gen", 0)
+    files = st.file_uploader(
+        "Upload CSV or Excel files",
+        type=UPLOAD_TYPES,
+        accept_multiple_files=True,
+        key=f"uploader_{ws_id}_{gen}",
+        help="Each CSV becomes a dataset; each worksheet of a workbook becomes its own dataset.",
+    )
+    if files:
+        pending = []
+        for f in files:
+            _ingest_one(ws_id, f.name, f.getvalue(), "ask", pending)
+        st.session_state["_pending_uploads"] = pending
+        st.session_state["_upload_gen"] = gen + 1  # clears the widget
+        st.rerun()
+    _upload_messages()
+    _pending_conflicts(ws_id)
+
+
+def _ingest_one(ws_id: int, name: str, data: bytes, on_conflict: str, pending: list) -> None:
+    try:
+        with open_session() as session:
+            made = datasets_svc.upload_file(session=session, workspace_id=ws_id, filename=name, data=data, on_conflict=on_conflict)
+    except datasets_svc.DuplicateUpload:
+        pending.append((name, data))
+    except (IngestError, ServiceError) as exc:
+        st.session_state.setdefault("_upload_msgs", []).append(("error", str(exc), None))
+    else:
+        for ds in made:
+            text = f"Loaded **{ds.source_filename}**{f' [{ds.sheet_name}]' if ds.sheet_name else ''} as `{ds.table_name}` ({ds.row_count:,} rows)."
+            notes = datasets_svc.dataset_notes(ds)
+            if notes:
+                text += "\n" + "\n".join(f"- {n}" for n in notes)
+            st.session_state.setdefault("_upload_msgs", []).append(("success", text, ds.id if ds.date_order else None))
+
+
+def _upload_messages() -> None:
+    msgs = st.session_state.get("_upload_msgs", [])
+    for i, (kind, text, date_ds) in enumerate(msgs):
+        getattr(st, kind)(text)
+        if date_ds is not None:
+            _date_order_switch(date_ds, key=f"dos_{i}")
+    if msgs and st.button("Dismiss", key="dismiss_uploads", type="tertiary"):
+        st.session_state.pop("_upload_msgs", None)
+        st.rerun()
+
+
+def _date_order_switch(dataset_id: int, key: str) -> None:
+    with open_session() as session:
+        try:
+            ds = datasets_svc.get_dataset(session=session, dataset_id=dataset_id)
+        except ServiceError:
+            return
+    cols = ", ".join(datasets_svc.ambiguous_date_columns(ds)) or "dates"
+    current = ds.date_order or "MDY"
+    other = "MDY" if current == "DMY" else "DMY"
+    label = {"DMY": "day/month (31/12)", "MDY": "month/day (12/31)"}
+    st.caption(f"{cols} read as {label[current]}: every day was ≤ 12, so the order was assumed.")
+    if st.button(f"Read as {label[other]} instead", key=key):
+        with open_session() as session:
+            datasets_svc.set_date_order(session=session, dataset_id=dataset_id, date_order=other)
+        state.flash(f"Re-read {ds.source_filename} with {label[other]} dates.")
+        st.rerun()
+
+
+def _pending_conflicts(ws_id: int) -> None:
+    pending = st.session_state.get("_pending_uploads") or []
+    if not pending:
+        return
+    name, data = pending[0]
+    with st.container(border=True):
+        st.warning(f"**{name}** was uploaded before. Replace the existing dataset, or keep both?")
+        a, b, c = st.columns(3)
+        choice = None
+        if a.button("Replace", key="conflict_replace", type="primary"):
+            choice = "replace"
+        if b.button("Keep both", key="conflict_keep"):
+            choice = "keep_both"
+        if c.button("Skip", key="conflict_skip"):
+            choice = "skip"
+    if choice:
+        rest = pending[1:]
+        if choice != "skip":
+            _ingest_one(ws_id, name, data, choice, rest)
+        st.session_state["_pending_uploads"] = rest
+        st.rerun()
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets and threads
+
+
+def _datasets(ws_id: int) -> None:
+    with open_session() as session:
+        rows = datasets_svc.list_datasets(session=session, workspace_id=ws_id)
+    if not rows:
+        st.caption("No datasets yet.")
+        return
+    with st.expander(f"Datasets ({len(rows)})", expanded=True):
+        for d in rows:
+            st.markdown(
+                f"`{d.table_name}` · {d.row_count:,} rows  \n"
+                f"<small>{d.source_filename}{f' [{d.sheet_name}]' if d.sheet_name else ''} · {short_hash(d.sha256)}</small>",
+                unsafe_allow_html=True,
+            )
+
+
+def _threads(ws_id: int) -> None:
+    st.markdown("**Threads**")
+    if st.button("New thread", icon=":material/add_comment:", width="stretch", key="new_thread"):
+        with open_session() as session:
+            t = threads_svc.create_thread(session=session, workspace_id=ws_id)
+        state.open_thread(t.id)
+        state.go_to_chat()
+    with open_session() as session:
+        rows = threads_svc.list_threads(session=session, workspace_id=ws_id)
+    current = state.current_thread_id()
+    for t in rows:
+        icon = ":material/call_split:" if t.forked_from_thread_id else ":material/chat_bubble:"
+        if st.button(t.title, key=f"thread_{t.id}", icon=icon, type="primary" if t.id == current else "tertiary", width="stretch"):
+            state.open_thread(t.id)
+            state.go_to_chat()

@@ -1,0 +1,80 @@
+"""Scripted models for tests: a FunctionModel that plays the CFO agent's tool calls.
+
+`sql_script(["SELECT ...", ...], answer=...)` calls run_sql with each SQL in turn (a refused or
+failing query counts, so ["bad", "good"] scripts a retry), then the final_result_FinalAnswer
+output tool. Works for plain and streamed runs (the app streams progress events).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, ToolCallPart, ToolReturnPart, UserPromptPart
+from pydantic_ai.models.function import AgentInfo, DeltaToolCall, FunctionModel
+
+Plan = Callable[[list[ModelMessage], AgentInfo], ModelResponse]
+
+
+def turn_returns(messages: list[ModelMessage]) -> list[ToolReturnPart]:
+    """The tool returns since the last user prompt, in order."""
+    out: list[ToolReturnPart] = []
+    for m in messages:
+        if isinstance(m, ModelRequest):
+            if any(isinstance(p, UserPromptPart) for p in m.parts):
+                out = []
+            out.extend(p for p in m.parts if isinstance(p, ToolReturnPart))
+    return out
+
+
+def scripted(plan: Plan) -> FunctionModel:
+    """A FunctionModel (plain and streaming) whose every response comes from `plan`."""
+
+    def fn(messages, info):
+        return plan(messages, info)
+
+    async def stream_fn(messages, info):
+        resp = plan(messages, info)
+        for i, part in enumerate(resp.parts):
+            if isinstance(part, TextPart):
+                yield part.content
+            elif isinstance(part, ToolCallPart):
+                yield {i: DeltaToolCall(name=part.tool_name, json_args=part.args_as_json_str(), tool_call_id=part.tool_call_id)}
+
+    return FunctionModel(fn, stream_function=stream_fn, model_name="scripted")
+
+
+def output_call(info: AgentInfo, kind: str, args: dict[str, Any]) -> ToolCallPart:
+    """Call the output tool whose name ends with `kind` (FinalAnswer or Clarification)."""
+    name = next(t.name for t in info.output_tools if t.name.endswith(kind))
+    return ToolCallPart(name, args)
+
+
+def sql_script(
+    sqls: list[str],
+    answer: Callable[[list[ToolReturnPart]], dict[str, Any]] | dict[str, Any] | None = None,
+    *,
+    seen: list | None = None,
+) -> FunctionModel:
+    """Run each SQL via run_sql, then answer with `answer` (a dict, or built from the tool returns).
+
+    `seen`, when given, receives each request's full message list (to assert what the model saw).
+    """
+
+    def plan(messages, info):
+        if seen is not None:
+            seen.append(list(messages))
+        returns = [r for r in turn_returns(messages) if r.tool_name == "run_sql"]
+        if len(returns) < len(sqls):
+            return ModelResponse(parts=[ToolCallPart("run_sql", {"purpose": f"Step {len(returns) + 1}", "sql": sqls[len(returns)]})])
+        args = answer(returns) if callable(answer) else (answer or {"answer_markdown": "Done."})
+        return ModelResponse(parts=[output_call(info, "FinalAnswer", args)])
+
+    return scripted(plan)
+
+
+def result_content(ret: ToolReturnPart) -> dict[str, Any]:
+    """The run_sql tool return as a dict (content may arrive as JSON text)."""
+    c = ret.content
+    return json.loads(c) if isinstance(c, str) else c
