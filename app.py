@@ -1,8 +1,9 @@
-"""CFO Desk entry point: page config, navigation, sidebar. Run with `make run`."""
+"""CFO Desk entry point: page config and navigation. Run with `make run`.
+
+Each page draws the shared sidebar itself (cfo_desk.ui.shell.frame).
+"""
 
 import streamlit as st
-
-from cfo_desk.ui import sidebar, state
 
 st.set_page_config(page_title="CFO Desk", page_icon=":material/finance:", layout="wide")
 
@@ -14,6 +15,4 @@ page = st.navigation(
         st.Page("pages/settings.py", title="Settings", icon=":material/tune:"),
     ]
 )
-sidebar.render()
 page.run()
-state.sync_url()

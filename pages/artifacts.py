@@ -1,5 +1,5 @@
 """The artifacts page; drawing lives in cfo_desk.ui.artifacts."""
 
-from cfo_desk.ui import artifacts
+from cfo_desk.ui import artifacts, shell
 
-artifacts.render()
+shell.frame(artifacts.render)

@@ -1,5 +1,5 @@
 """The chat page; drawing lives in cfo_desk.ui.chat."""
 
-from cfo_desk.ui import chat
+from cfo_desk.ui import chat, shell
 
-chat.render()
+shell.frame(chat.render)

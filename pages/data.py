@@ -1,5 +1,5 @@
 """The data page; drawing lives in cfo_desk.ui.data."""
 
-from cfo_desk.ui import data
+from cfo_desk.ui import data, shell
 
-data.render()
+shell.frame(data.render)

@@ -1,5 +1,5 @@
 """The settings page; drawing lives in cfo_desk.ui.settings."""
 
-from cfo_desk.ui import settings
+from cfo_desk.ui import settings, shell
 
-settings.render()
+shell.frame(settings.render)

@@ -44,7 +44,7 @@ def _workspace_picker(all_ws, ws_id: int | None) -> None:
             st.rerun()
     else:
         st.info("No workspace yet. Load the sample, or create one for your own files.")
-        if st.button("Load sample workspace", type="primary", icon=":material/auto_awesome:", width="stretch"):
+        if st.button("Load sample workspace", type="primary", icon=":material/auto_awesome:", width="stretch", key="load_sample"):
             with st.spinner("Creating the sample workspace…"), open_session() as session:
                 ws = samples.load_sample_workspace(session=session)
             state.open_workspace(ws.id)
@@ -53,8 +53,8 @@ def _workspace_picker(all_ws, ws_id: int | None) -> None:
 
     with st.popover("New workspace", icon=":material/add:", width="stretch"):
         with st.form("create_workspace", clear_on_submit=True, border=False):
-            name = st.text_input("Name", placeholder="e.g. FY2024 close")
-            if st.form_submit_button("Create", type="primary"):
+            name = st.text_input("Name", placeholder="e.g. FY2024 close", key="new_ws_name")
+            if st.form_submit_button("Create", type="primary", key="create_ws"):
                 try:
                     with open_session() as session:
                         ws = workspaces_svc.create_workspace(session=session, name=name)
@@ -71,8 +71,8 @@ def _workspace_picker(all_ws, ws_id: int | None) -> None:
         return
     with st.popover("Manage workspace", icon=":material/settings:", width="stretch"):
         with st.form("rename_workspace", border=False):
-            new_name = st.text_input("Rename to", value={w.id: w.name for w in all_ws}[ws_id])
-            if st.form_submit_button("Rename"):
+            new_name = st.text_input("Rename to", value={w.id: w.name for w in all_ws}[ws_id], key=f"rename_ws_{ws_id}")
+            if st.form_submit_button("Rename", key="rename_ws"):
                 try:
                     with open_session() as session:
                         workspaces_svc.rename_workspace(session=session, workspace_id=ws_id, name=new_name)
@@ -80,7 +80,7 @@ def _workspace_picker(all_ws, ws_id: int | None) -> None:
                     st.error(str(exc))
                 else:
                     st.rerun()
-        if st.button("Delete workspace…", icon=":material/delete:", type="secondary"):
+        if st.button("Delete workspace…", icon=":material/delete:", type="secondary", key="delete_ws"):
             _confirm_delete_workspace(ws_id)
 
 

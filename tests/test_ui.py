@@ -1,0 +1,144 @@
+"""The app through Streamlit's AppTest: the analyst's journey with the model scripted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from agent_script import result_content, sql_script
+from streamlit.testing.v1 import AppTest
+
+from cfo_desk.agent.core import use_model
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+
+REVENUE_CSV = b"month;region;revenue\n2024-10-01;EMEA;1.200,50\n2024-11-01;EMEA;1.300,25\n2024-12-01;EMEA;1.450,00\n2024-12-01;APAC;800,00\n"
+
+
+def app() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    return at.run()
+
+
+def texts(at: AppTest) -> str:
+    """Everything the main area shows as markdown, captions, errors, infos."""
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [e.value for e in at.error] + [i.value for i in at.info]
+    return "\n".join(str(p) for p in parts)
+
+
+def answer_with_total(returns):
+    rows = result_content(returns[-1])["rows"]
+    return {"answer_markdown": f"December 2024 revenue was **{rows[0][0]:,.2f} EUR**.", "queries": ["q1"]}
+
+
+def test_no_model_configured_says_what_to_set():
+    at = app()
+    assert not at.exception
+    at.text_input(key="new_ws_name").set_value("Acme")
+    at.button(key="create_ws").click().run()
+    assert "To ask questions, set CFO_DESK_MODEL" in texts(at)
+    assert at.chat_input[0].disabled
+
+
+def test_journey_create_upload_ask_fork(tmp_path):
+    at = app()
+    assert not at.exception, at.exception
+    assert at.button(key="load_sample")  # an empty install offers the sample
+
+    at.text_input(key="new_ws_name").set_value("Acme FP&A")
+    at.button(key="create_ws").click().run()
+    assert not at.exception, at.exception
+    assert at.sidebar.selectbox[0].value is not None
+
+    at.sidebar.file_uploader[0].set_value(("revenue.csv", REVENUE_CSV, "text/csv")).run()
+    assert not at.exception, at.exception
+    sidebar_text = "\n".join(s.value for s in at.sidebar.success)
+    assert "as `revenue` (4 rows)" in sidebar_text
+
+    use_model(sql_script(["SELECT sum(revenue) AS total FROM revenue WHERE month = DATE '2024-12-01'"], answer_with_total))
+    at.button(key="new_thread").click().run()
+    at.chat_input[0].set_value("What was revenue in December 2024?").run()
+    assert not at.exception, at.exception
+    shown = texts(at)
+    assert "December 2024 revenue was **2,250.00 EUR**." in shown
+    assert at.dataframe[0].value["total"].tolist() == [pytest.approx(2250.0)]
+    assert any("sum(revenue)" in c.value for c in at.code)
+    assert "revenue.csv (sha256" in shown
+
+    # Fork from the answer, then ask something else in the fork.
+    fork_buttons = [b for b in at.button if b.key and b.key.startswith("fork_")]
+    assert len(fork_buttons) == 2  # question and answer
+    fork_buttons[-1].click().run()
+    assert not at.exception, at.exception
+    assert "Forked from" in texts(at)
+    assert "December 2024 revenue was" in texts(at)  # the fork shows the history
+
+    use_model(sql_script(["SELECT count(*) AS n FROM revenue"], lambda r: {"answer_markdown": "There are **4** revenue rows."}))
+    at.chat_input[0].set_value("How many rows?").run()
+    assert "There are **4** revenue rows." in texts(at)
+    assert "December 2024 revenue was" in texts(at)
+
+    # Back in the source thread, the fork's turn does not appear.
+    source = [b for b in at.sidebar.button if b.key and b.key.startswith("thread_") and "(fork)" not in b.label]
+    source[0].click().run()
+    assert "December 2024 revenue was" in texts(at)
+    assert "There are **4** revenue rows." not in texts(at)
+
+
+def test_failed_turn_offers_retry():
+    use_model(sql_script([], {"answer_markdown": "unused"}))
+    at = app()
+    at.text_input(key="new_ws_name").set_value("W")
+    at.button(key="create_ws").click().run()
+
+    def broken(messages, info):
+        raise RuntimeError("boom")
+
+    from agent_script import scripted
+
+    use_model(scripted(broken))
+    at.run()
+    at.chat_input[0].set_value("Anything?").run()
+    assert not at.exception, at.exception
+    assert any("boom" in e.value for e in at.error)
+    retry = [b for b in at.button if b.key and b.key.startswith("retry_")]
+    assert retry
+    use_model(sql_script(["SELECT 1 AS one"], {"answer_markdown": "Recovered."}))
+    retry[0].click().run()
+    assert "Recovered." in texts(at)
+
+
+def test_duplicate_upload_asks_replace_or_keep_both():
+    at = app()
+    at.text_input(key="new_ws_name").set_value("W")
+    at.button(key="create_ws").click().run()
+    at.sidebar.file_uploader[0].set_value(("revenue.csv", REVENUE_CSV, "text/csv")).run()
+    at.sidebar.file_uploader[0].set_value(("revenue.csv", REVENUE_CSV + b"2025-01-01;EMEA;5,00\n", "text/csv")).run()
+    assert any("uploaded before" in w.value for w in at.sidebar.warning)
+    at.button(key="conflict_keep").click().run()
+    assert not at.exception, at.exception
+    assert "as `revenue_2` (5 rows)" in "\n".join(s.value for s in at.sidebar.success)
+    at.sidebar.file_uploader[0].set_value(("revenue.csv", REVENUE_CSV, "text/csv")).run()
+    at.button(key="conflict_replace").click().run()
+    assert "as `revenue` (4 rows)" in "\n".join(s.value for s in at.sidebar.success)
+
+
+def test_bad_file_gets_a_specific_error():
+    at = app()
+    at.text_input(key="new_ws_name").set_value("W")
+    at.button(key="create_ws").click().run()
+    at.sidebar.file_uploader[0].set_value(("broken.xlsx", b"this is not a workbook", "application/octet-stream")).run()
+    assert not at.exception, at.exception
+    assert any("broken.xlsx" in e.value for e in at.sidebar.error)
+
+
+def test_sample_workspace_and_data_page():
+    at = app()
+    at.button(key="load_sample").click().run()
+    assert not at.exception, at.exception
+    assert "Sample SaaS company" in at.sidebar.selectbox[0].format_func(at.sidebar.selectbox[0].value)
+    at.switch_page("pages/data.py").run()
+    assert not at.exception, at.exception
+    assert at.metric[0].value == "597"  # customers: first dataset by name
+    profile = at.dataframe[1].value
+    assert set(profile["column"]) >= {"customer_id", "segment"} and "distinct" in profile.columns
