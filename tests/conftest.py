@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
 from pydantic_ai import models
+from sqlalchemy.exc import OperationalError
 
 from cfo_desk.agent.core import use_model
 from cfo_desk.config import get_settings
@@ -31,6 +33,37 @@ def home(tmp_path, monkeypatch) -> Path:
     use_model(None)
     dispose_engines()
     get_settings.cache_clear()
+
+
+PG_TEST_URL = os.environ.get("CFO_DESK_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def _reset_postgres(url: str) -> None:
+    """Drop the store's tables in the PostgreSQL test database (skip when it is unreachable)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.begin() as con:
+            con.execute(text("DROP SCHEMA public CASCADE"))
+            con.execute(text("CREATE SCHEMA public"))
+    except OperationalError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"PostgreSQL not reachable at {url}: {exc.__class__.__name__}")
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, monkeypatch) -> str:
+    """Run a test on each store backend: SQLite (the default) and PostgreSQL (DATABASE_URL)."""
+    if request.param == "postgresql":
+        _reset_postgres(PG_TEST_URL)
+        monkeypatch.setenv("DATABASE_URL", PG_TEST_URL)
+        get_settings.cache_clear()
+        dispose_engines()
+    return request.param
 
 
 @pytest.fixture

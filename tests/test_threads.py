@@ -22,6 +22,13 @@ def prompts_seen(messages) -> list[str]:
     return [p.content for m in messages if isinstance(m, ModelRequest) for p in m.parts if isinstance(p, UserPromptPart)]
 
 
+@pytest.fixture
+def session(store):
+    """Every test here runs on SQLite and on PostgreSQL."""
+    with session_scope() as s:
+        yield s
+
+
 def count(session, model) -> int:
     return session.exec(select(func.count()).select_from(model)).one()
 

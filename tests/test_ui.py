@@ -142,3 +142,18 @@ def test_sample_workspace_and_data_page():
     assert at.metric[0].value == "597"  # customers: first dataset by name
     profile = at.dataframe[1].value
     assert set(profile["column"]) >= {"customer_id", "segment"} and "distinct" in profile.columns
+
+
+def test_newcomer_asks_a_sample_question_in_one_click():
+    from cfo_desk.analytics.sample_data import generate, reference_mrr
+
+    sql = "SELECT round(sum(mrr_usd), 2) AS mrr_usd FROM subscriptions WHERE start_date <= DATE '2024-12-31' AND (end_date IS NULL OR end_date >= DATE '2024-12-31')"
+    use_model(sql_script([sql], lambda r: {"answer_markdown": f"MRR in December 2024 was **${result_content(r[0])['rows'][0][0]:,.2f}**."}))
+    at = app()
+    at.button(key="load_sample").click().run()
+    assert at.button(key="sample_q_0").label == "What was MRR in December 2024?"
+    at.button(key="sample_q_0").click().run()
+    assert not at.exception, at.exception
+    expected = reference_mrr(generate().subscriptions, 2024, 12)
+    assert f"MRR in December 2024 was **${expected:,.2f}**." in texts(at)
+    assert [b.label for b in at.sidebar.button if b.key and b.key.startswith("thread_")] == ["What was MRR in December 2024?"]

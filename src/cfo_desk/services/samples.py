@@ -14,7 +14,9 @@ from cfo_desk.storage.models import Workspace
 
 SAMPLE_WORKSPACE_NAME = "Sample SaaS company"
 
-__all__ = ["SAMPLE_QUESTIONS", "SAMPLE_WORKSPACE_NAME", "load_sample_workspace"]
+__all__ = ["SAMPLE_QUESTIONS", "SAMPLE_WORKSPACE_NAME", "load_sample_workspace", "suggested_questions"]
+
+SAMPLE_TABLES = frozenset({"customers", "subscriptions", "orders", "marketing_spend"})
 
 
 def load_sample_workspace(*, session: Session) -> Workspace:
@@ -32,3 +34,16 @@ def load_sample_workspace(*, session: Session) -> Workspace:
         for path in write_sample_files(Path(tmp)):
             upload_file(session=session, workspace_id=ws.id, filename=path.name, data=path.read_bytes())
     return ws
+
+
+def suggested_questions(*, session: Session, workspace_id: int) -> list[str]:
+    """Starter questions for an empty thread: the sample's when the workspace holds its tables.
+
+    For other workspaces, one generic question per dataset (at most four).
+    """
+    from cfo_desk.services.datasets import list_datasets
+
+    tables = [d.table_name for d in list_datasets(session=session, workspace_id=workspace_id)]
+    if SAMPLE_TABLES <= set(tables):
+        return list(SAMPLE_QUESTIONS)
+    return [f"Summarise what {t} contains: periods, totals and anything unusual." for t in tables[:4]]

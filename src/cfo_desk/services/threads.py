@@ -62,6 +62,14 @@ def rename_thread(*, session: Session, thread_id: int, title: str) -> Thread:
     return thread
 
 
+def get_message(*, session: Session, message_id: int) -> Message:
+    """The message with this id; raises NotFound."""
+    msg = session.get(Message, message_id)
+    if msg is None:
+        raise NotFound("That message no longer exists.")
+    return msg
+
+
 def path_ids(*, session: Session, message_id: int) -> list[int]:
     """Ids of the messages from the root to `message_id` inclusive, root first (one recursive query)."""
     base = sa_select(Message.id, Message.parent_id, literal(0).label("depth")).where(Message.id == message_id)

@@ -10,7 +10,7 @@ from cfo_desk.services import artifacts as artifacts_svc
 from cfo_desk.services import threads as threads_svc
 from cfo_desk.services import turns
 from cfo_desk.services.errors import ServiceError
-from cfo_desk.services.samples import SAMPLE_QUESTIONS
+from cfo_desk.services import samples
 from cfo_desk.services.session import open_session
 from cfo_desk.services.artifacts import Artifact
 from cfo_desk.services.threads import Message, MessageStatus, Role
@@ -61,9 +61,12 @@ def render() -> None:
         _message(msg, thread.id, arts.get(msg.id, []), frames, is_head=(msg.id == thread.head_message_id))
 
     if not messages and not problem:
-        st.markdown("**Try asking**")
+        with open_session() as session:
+            suggestions = samples.suggested_questions(session=session, workspace_id=ws_id)[:4]
+        if suggestions:
+            st.markdown("**Try asking**")
         cols = st.columns(2)
-        for i, q in enumerate(SAMPLE_QUESTIONS[:4]):
+        for i, q in enumerate(suggestions):
             if cols[i % 2].button(q, key=f"sample_q_{i}", width="stretch"):
                 st.session_state["_queued_prompt"] = q
                 st.rerun()
@@ -144,7 +147,7 @@ def _message(msg: Message, thread_id: int, arts: list[Artifact], frames: dict, *
             st.error(msg.error or msg.content, icon=":material/error:")
             if is_head and st.button("Retry", key=f"retry_{msg.id}", icon=":material/refresh:"):
                 with open_session() as session:
-                    user_msg = session.get(Message, msg.parent_id)
+                    user_msg = threads_svc.get_message(session=session, message_id=msg.parent_id)
                 _run(thread_id, user_msg, fresh=False)
         elif msg.status == MessageStatus.clarification:
             st.markdown(":material/help: **A question before I answer**")

@@ -227,9 +227,7 @@ def _datasets(ws_id: int) -> None:
 def _threads(ws_id: int) -> None:
     st.markdown("**Threads**")
     if st.button("New thread", icon=":material/add_comment:", width="stretch", key="new_thread"):
-        with open_session() as session:
-            t = threads_svc.create_thread(session=session, workspace_id=ws_id)
-        state.open_thread(t.id)
+        state.open_thread(None)  # the thread is created with its first question: no empty threads pile up
         state.go_to_chat()
     with open_session() as session:
         rows = threads_svc.list_threads(session=session, workspace_id=ws_id)

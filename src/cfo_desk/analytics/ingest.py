@@ -1,0 +1,811 @@
+"""Ingest analysts' CSV and Excel exports into a workspace's DuckDB file.
+
+One path for both formats:
+
+1. **Raw cells.** Every cell is loaded as text into a temporary table, in file order. CSV files are
+   parsed by DuckDB's ``read_csv`` (path as a bound parameter; ``header=false, all_varchar=true,
+   null_padding=true, parallel=false, sample_size=-1``, so a late ``N/A`` or a late long row cannot
+   surprise the sniffer). Worksheets are read with openpyxl (``read_only``, ``data_only``; defusedxml
+   guards the XML) and their values turned into text: numbers in plain decimal notation, date cells
+   as ISO dates, booleans as ``true``/``false``.
+2. **Header.** The first non-empty row. Names become lowercase snake_case (``"Invoice Date"`` ->
+   ``invoice_date``); blank headers become ``column_N`` (N = 1-based position), duplicates get
+   ``_2``, ``_3``; a leading digit gets ``col_``; an SQL keyword gets ``_col``. Columns with no header
+   and no values are dropped. Empty rows are skipped.
+3. **Types**, decided per column in SQL over the trimmed text, where ``N/A``, ``n/a``, ``#N/A``,
+   ``-``, ``--``, ``null``, ``nan`` and empty cells are NULL:
+
+   - ``true``/``false`` -> BOOLEAN.
+   - Dates -> DATE, or TIMESTAMP when a time is present: ISO ``2024-12-31`` (also ``2024/12/31``),
+     ``31.12.2024`` / ``12/31/2024`` / ``31-12-2024`` (4-digit years) and ``31-Dec-2024``,
+     ``31 Dec 2024``, ``Dec 31, 2024``. For day/month dates, a value whose first part is > 12 makes
+     the column day-first (DMY), a second part > 12 month-first (MDY). When every value fits both,
+     the order is *assumed* for the whole table, in this order of precedence: the ``date_order``
+     argument; otherwise the order of the table's unambiguous date columns; otherwise DMY when the
+     ambiguous dates use ``.`` separators or the file uses European numbers (comma decimals, or a
+     ``;`` delimiter); otherwise MDY. The assumption is reported (``date_order``,
+     ``ambiguous_date_columns`` and a note) so the analyst can re-ingest with the other order.
+   - Numbers: currency symbols ``$ € £`` and codes (USD, EUR, GBP, CHF), thousands separators,
+     ``(123.45)`` and ``123.45-`` negatives are understood. European ``1.234,56`` is chosen per column
+     when only it fits; when both fit (``1.234``), the file decides (another column that is only
+     European or only US, else a ``;`` delimiter means European). Integers -> BIGINT; numbers with at
+     most 2 decimal places -> DECIMAL(18,2) (exact money sums); more decimals or larger values ->
+     DOUBLE. Percentages (every value ends in ``%``) -> DOUBLE **fractions**: ``12.5%`` -> 0.125, the
+     value Excel stores for a percent cell, so CSV and XLSX agree. Values with a leading zero
+     (``00123``) keep the column as text (codes), and so does a column mixing ``%`` and plain numbers.
+   - Anything else -> VARCHAR (trimmed).
+
+CSV rows with *fewer* fields than the header are padded with NULLs (and noted). A CSV row with data
+beyond the header's last named column raises ``IngestError``: such a row almost always comes from
+an unquoted delimiter inside a value, and storing it would shift money into the wrong column. (In a
+worksheet, values under a blank header are simply a column named ``column_N``.) A file with a header
+and no data rows is accepted as a table of 0 rows with VARCHAR columns.
+
+Files that are not UTF-8 (nor UTF-16 with a BOM) are read as Windows-1252, the superset of latin-1
+that Excel writes on Windows (``€`` is byte 0x80): DuckDB's own ``encoding='latin-1'`` rejects bytes
+0x80-0x9F, so the file is transcoded to a temporary UTF-8 copy first and DuckDB parses that copy.
+
+Everything runs on the workspace's writer connection (``store.writer``) and the tables are created
+in one transaction: on any error nothing is left behind and earlier tables survive unchanged.
+"""
+
+from __future__ import annotations
+
+import codecs
+import datetime as dt
+import math
+import re
+import shutil
+import tempfile
+import unicodedata
+from dataclasses import dataclass, field
+from decimal import Decimal
+from functools import cache
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from cfo_desk.analytics.store import quote_ident, writer
+
+CSV_EXTENSIONS = (".csv", ".tsv", ".txt")
+XLSX_EXTENSIONS = (".xlsx", ".xlsm")
+ACCEPTED_EXTENSIONS = CSV_EXTENSIONS + XLSX_EXTENSIONS
+NULL_TOKENS = ("", "n/a", "#n/a", "-", "--", "null", "nan")
+MAX_NAME_LENGTH = 60
+DATE_ORDERS = ("DMY", "MDY")
+
+_HEAD_BYTES = 65536
+_WHITESPACE = " \t\r\n\u00a0\ufeff"
+_MONTH_FORMATS = ["%d-%b-%Y", "%d %b %Y", "%b %d, %Y", "%d-%B-%Y", "%d %B %Y", "%B %d, %Y"]
+_STYLES = {"us": (",", "."), "eu": (".", ",")}  # thousands separator, decimal separator
+_CURRENCY = r"(?:[$€£]|(?i:usd|eur|gbp|chf))"
+
+
+def _number_regex(thousands: str, decimal: str) -> str:
+    """Groups: open paren, sign, sign after currency, integer part, fraction, %, trailing -, close."""
+    t, d = re.escape(thousands), re.escape(decimal)
+    return (
+        r"^(\()?\s*([-+])?\s*(?:" + _CURRENCY + r"\s*)?([-+])?\s*"
+        r"(\d{1,3}(?:" + t + r"\d{3})+|\d+)?(" + d + r"\d+)?\s*(?:" + _CURRENCY + r")?\s*(%)?\s*(-)?\s*(\))?$"
+    )
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+_NUMBER_FIELDS = "['o', 's1', 's2', 'i', 'f', 'p', 's3', 'c']"
+_MACROS = [
+    f"cfo_null(t) AS CASE WHEN length(t) <= {max(map(len, NULL_TOKENS))} AND lower(t) IN {NULL_TOKENS}"
+    " THEN NULL ELSE t END",
+    # Trim (the regex test is much cheaper than trim() with a character list), then NULL tokens.
+    f"cfo_clean(v) AS CASE WHEN regexp_matches(v, '^[\\s\u00a0\ufeff]|[\\s\u00a0\ufeff]$')"
+    f" THEN cfo_null(trim(v, {_lit(_WHITESPACE)})) ELSE cfo_null(v) END",
+    f"cfo_us(v) AS regexp_extract(v, {_lit(_number_regex(',', '.'))}, {_NUMBER_FIELDS})",
+    f"cfo_eu(v) AS regexp_extract(v, {_lit(_number_regex('.', ','))}, {_NUMBER_FIELDS})",
+    # Normalised number text ('-1234.56') from cfo_us/cfo_eu parts, NULL when the value is no number.
+    "cfo_num(p, thou, dec) AS CASE WHEN p.i = '' AND p.f = '' THEN NULL"
+    " WHEN (p.o = '') <> (p.c = '') THEN NULL"
+    " WHEN (p.o <> '')::INT + (p.s1 <> '')::INT + (p.s2 <> '')::INT + (p.s3 <> '')::INT > 1 THEN NULL"
+    " ELSE (CASE WHEN p.o <> '' OR '-' IN (p.s1, p.s2, p.s3) THEN '-' ELSE '' END)"
+    " || coalesce(nullif(replace(p.i, thou, ''), ''), '0') || replace(p.f, dec, '.') END",
+    "cfo_dm(v) AS regexp_extract(v, "
+    + _lit(r"^(\d{1,2})([./-])(\d{1,2})([./-])(\d{4})(?:[ T]+(\d{1,2}:\d{2}(?::\d{2})?))?$")
+    + ", ['a', 's1', 'b', 's2', 'y', 't'])",
+    "cfo_dm_ts(p, day_first) AS CASE WHEN p.a <> '' AND p.s1 = p.s2 THEN TRY_CAST(p.y || '-'"
+    " || (CASE WHEN day_first THEN p.b ELSE p.a END) || '-' || (CASE WHEN day_first THEN p.a ELSE p.b END)"
+    " || ' ' || coalesce(nullif(p.t, ''), '00:00') AS TIMESTAMP) END",
+    "cfo_iso(v) AS CASE WHEN regexp_full_match(v, "
+    + _lit(r"\d{4}[-/]\d{1,2}[-/]\d{1,2}(?:[ T]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?")
+    + ") THEN TRY_CAST(replace(v, '/', '-') AS TIMESTAMP) END",
+    "cfo_mon(v) AS CASE WHEN regexp_matches(v, '[A-Za-z]') AND regexp_matches(v, '\\d{4}$')"
+    f" THEN try_strptime(v, {_MONTH_FORMATS!r}) END",
+]
+
+
+class IngestError(ValueError):
+    """An upload that cannot be ingested. The message names the file and the problem, e.g.
+    ``"sales.csv: row 14 has 7 fields but the header names only 5 columns ..."`` or
+    ``"book.xlsx: the file is not a valid Excel workbook"``. Nothing is left in the database."""
+
+
+@dataclass(frozen=True)
+class ColumnInfo:
+    """One stored column: its name in DuckDB and its DuckDB type name (``"BIGINT"``, ``"DOUBLE"``,
+    ``"DECIMAL(18,2)"``, ``"DATE"``, ``"TIMESTAMP"``, ``"VARCHAR"``, ``"BOOLEAN"``)."""
+
+    name: str
+    type: str
+
+
+@dataclass
+class IngestedTable:
+    """One table created by `ingest_file`.
+
+    ``sheet_name`` is the worksheet for xlsx, None for CSV. ``notes`` are human-readable sentences
+    for the analyst (renamed headers, dropped columns, cleaned number formats, encoding, assumed
+    date order). ``date_order`` is ``"DMY"``/``"MDY"`` when some date column fitted both orders and
+    one was assumed (or forced); those columns are listed in ``ambiguous_date_columns``.
+    """
+
+    table_name: str
+    sheet_name: str | None
+    row_count: int
+    columns: list[ColumnInfo]
+    notes: list[str] = field(default_factory=list)
+    date_order: str | None = None
+    ambiguous_date_columns: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- names
+
+
+@cache
+def _keywords() -> frozenset[str]:
+    """DuckDB keywords that cannot be used as bare identifiers."""
+    con = duckdb.connect()
+    try:
+        rows = con.execute(
+            "SELECT keyword_name FROM duckdb_keywords() WHERE keyword_category IN ('reserved', 'type_function')"
+        ).fetchall()
+    finally:
+        con.close()
+    return frozenset(r[0].lower() for r in rows)
+
+
+def _snake(text: str) -> str:
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii").lower()
+    text = text.replace("%", " pct ").replace("&", " and ").replace("#", " no ")
+    return re.sub(r"[^a-z0-9]+", "_", text).strip("_")
+
+
+def _unique(base: str, taken: set[str], limit: int) -> str:
+    base = base[:limit].rstrip("_")
+    lowered = {t.lower() for t in taken}
+    name, k = base, 2
+    while name in lowered:
+        suffix = f"_{k}"
+        name = base[: limit - len(suffix)].rstrip("_") + suffix
+        k += 1
+    return name
+
+
+def safe_table_name(raw: str, taken: set[str]) -> str:
+    """A lowercase snake_case SQL identifier for a file or sheet name.
+
+    ``"Q4 Sales (EUR).csv"`` -> ``"q4_sales_eur"``. A known file extension is removed, accents are
+    folded to ASCII; a leading digit gets the prefix ``t_``, a DuckDB keyword the suffix ``_data``,
+    an empty result becomes ``data``. At most 60 characters, and unique against ``taken``
+    (compared case-insensitively) by appending ``_2``, ``_3``, ...
+    """
+    if raw.lower().endswith(ACCEPTED_EXTENSIONS):
+        raw = raw.rsplit(".", 1)[0]
+    name = _snake(raw) or "data"
+    if name[0].isdigit():
+        name = "t_" + name
+    if name in _keywords():
+        name += "_data"
+    return _unique(name, taken, MAX_NAME_LENGTH)
+
+
+def _column_names(header: list[str | None], keep: list[int]) -> tuple[list[str], list[str]]:
+    """Stored names for the kept columns (positions into ``header``) and notes about them."""
+    names: list[str] = []
+    notes: list[str] = []
+    for i in keep:
+        text = header[i]
+        base = _snake(text) if text is not None else ""
+        if not base:
+            base = f"column_{i + 1}"
+            if text is None:
+                notes.append(f"Blank header in column {i + 1} named {base}")
+            else:
+                notes.append(f"Header {text!r} in column {i + 1} has no letters or digits; named {base}")
+        elif base[0].isdigit():
+            base = "col_" + base
+        elif base in _keywords():
+            base += "_col"
+        name = _unique(base, set(names), 63)
+        if name != base:
+            notes.append(f"Duplicate header {base!r} renamed {name}")
+        elif text is not None and name != re.sub(r"\s+", "_", text.strip().lower()) and not name.startswith("column_"):
+            notes.append(f"Header {text!r} stored as {name}")
+        names.append(name)
+    return names, notes
+
+
+# ----------------------------------------------------------------------------- file checks
+
+
+def _extension(original_name: str) -> str:
+    ext = Path(original_name).suffix.lower()
+    if ext not in ACCEPTED_EXTENSIONS:
+        shown = ext or "(no extension)"
+        raise IngestError(
+            f"{original_name}: unsupported file type {shown}; accepted: {', '.join(ACCEPTED_EXTENSIONS)}"
+            + (" (save old .xls workbooks as .xlsx)" if ext == ".xls" else "")
+        )
+    return ext
+
+
+def _csv_encoding(path: Path, name: str) -> str:
+    """'utf-8' or 'utf-16' for a text file; raises IngestError for empty or binary files."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_HEAD_BYTES)
+    except OSError as e:
+        raise IngestError(f"{name}: the file cannot be read ({e.strerror})") from e
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        if not head[2:].decode("utf-16", "ignore").strip():
+            raise IngestError(f"{name}: the file is empty")
+        return "utf-16"
+    if not head.removeprefix(b"\xef\xbb\xbf").strip() and len(head) < _HEAD_BYTES:
+        raise IngestError(f"{name}: the file is empty")
+    if head.startswith(b"PK\x03\x04"):
+        raise IngestError(f"{name}: the file is a zip archive (an Excel workbook?), not a text CSV")
+    controls = sum(1 for b in head if b < 32 and b not in (9, 10, 12, 13))
+    if b"\x00" in head or controls > len(head) / 100:
+        raise IngestError(f"{name}: the file is not a text CSV (it contains binary data)")
+    return "utf-8"
+
+
+def _duckdb_message(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    first = re.sub(r"^[A-Za-z ]*Error:\s*", "", lines[0]) if lines else type(e).__name__
+    line = next((ln for ln in lines if ln.startswith("CSV Error on Line")), "")
+    detail = next((ln for ln in lines[1:] if not ln.startswith(("Original Line", "CSV Error"))), "")
+    if m := re.search(r"Expected Number of Columns: (\d+) Found: (\d+)", str(e)):
+        n = re.search(r"Line: (\d+)", line)
+        return f"line {n.group(1) if n else '?'} has {m.group(2)} fields, expected {m.group(1)}"
+    if "sniffing file" in first:
+        return "could not detect the CSV layout (delimiter and quoting); is it a CSV export?"
+    return f"could not be read as CSV: {(line + ': ' + detail) if line else first}"
+
+
+# ----------------------------------------------------------------------------- raw loading
+
+
+codecs.register_error("cfo_latin1", lambda e: (e.object[e.start : e.end].decode("latin-1"), e.end))
+
+
+@dataclass
+class _Source:
+    """A raw VARCHAR temp table (one row per record, in file order) and what we learnt reading it."""
+
+    raw: str
+    label: str | None
+    table_name: str
+    notes: list[str]
+    delimiter: str | None = None  # CSV only
+    reject_scan: tuple[str, list[object]] | None = None  # CSV only: SQL + params for short-row count
+
+
+def _load_csv(con: duckdb.DuckDBPyConnection, path: Path, name: str, ext: str, table: str, tmp: Path) -> _Source:
+    encoding = _csv_encoding(path, name)
+    notes: list[str] = []
+    opts = "header=false, all_varchar=true, null_padding=true, parallel=false, sample_size=-1, comment=''"
+    if ext == ".tsv":
+        opts += ", delim='\t'"
+    src = path
+    if encoding == "utf-16":
+        opts += ", encoding='utf-16'"
+    for attempt in (1, 2):
+        try:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE cfo_raw_0 AS SELECT * FROM read_csv(?, {opts})", [str(src)])
+            dialect = con.execute(
+                f"SELECT Delimiter, Quote, Escape FROM sniff_csv(?, {opts})",
+                [str(src)],
+            ).fetchone()
+            break
+        except duckdb.Error as e:
+            if attempt == 1 and encoding == "utf-8" and "not utf-8 encoded" in str(e).lower():
+                src = tmp / "transcoded.csv"
+                with (
+                    open(path, encoding="cp1252", errors="cfo_latin1", newline="") as fi,
+                    open(src, "w", encoding="utf-8", newline="") as fo,
+                ):
+                    shutil.copyfileobj(fi, fo)
+                notes.append("Read as Windows-1252 / latin-1 (the file is not UTF-8)")
+                continue
+            raise IngestError(f"{name}: {_duckdb_message(e)}") from e
+    delim, quote, escape = ("" if v == "(empty)" else v for v in dialect)
+    scan = (
+        "SELECT count(*) FROM read_csv(?, delim=?, quote=?, escape=?, header=false, all_varchar=true,"
+        " null_padding=false, parallel=false, sample_size=-1, store_rejects=true,"
+        " rejects_table='cfo_rejects', rejects_scan='cfo_reject_scans'"
+        + (", encoding='utf-16'" if encoding == "utf-16" else "")
+        + ")",
+        [str(src), delim, quote, escape],
+    )
+    return _Source("cfo_raw_0", None, table, notes, delim, scan)
+
+
+def _cell_text(v: object) -> str | None:
+    """Excel cell value -> the text the shared cleanup understands."""
+    if v is None or isinstance(v, str):
+        return v
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return None
+        if v.is_integer() and abs(v) < 1e15:
+            return str(int(v))
+        return format(Decimal(repr(v)), "f")
+    if isinstance(v, dt.datetime):
+        return v.date().isoformat() if v.time() == dt.time() else v.isoformat(sep=" ")
+    if isinstance(v, (dt.date, dt.time)):
+        return v.isoformat()
+    return str(v)
+
+
+def _open_workbook(path: Path, name: str):
+    import openpyxl  # noqa: PLC0415 - only needed for workbooks
+
+    try:
+        return openpyxl.load_workbook(path, read_only=True, data_only=True, keep_links=False)
+    except Exception as e:  # BadZipFile, InvalidFileException, KeyError on missing parts, ...
+        raise IngestError(f"{name}: the file is not a valid Excel workbook") from e
+
+
+def _sheet_rows(ws, name: str) -> list[list[str | None]]:
+    try:
+        rows = [[_cell_text(v) for v in row] for row in ws.iter_rows(values_only=True)]
+    except Exception as e:
+        raise IngestError(f"{name}: worksheet {ws.title!r} cannot be read ({e})") from e
+    return rows
+
+
+def _has_value(rows: list[list[str | None]]) -> bool:
+    return any(v is not None and v.strip() for row in rows for v in row)
+
+
+def _load_sheet(con: duckdb.DuckDBPyConnection, rows: list[list[str | None]], k: int, label: str, table: str) -> _Source:
+    width = max(len(r) for r in rows)
+    columns = {f"c{j}": pa.array([r[j] if j < len(r) else None for r in rows], pa.string()) for j in range(width)}
+    con.register("cfo_arrow", pa.table(columns))
+    try:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE cfo_raw_{k} AS SELECT * FROM cfo_arrow")
+    finally:
+        con.unregister("cfo_arrow")
+    return _Source(f"cfo_raw_{k}", label, table, [])
+
+
+# ----------------------------------------------------------------------------- typing
+
+
+@dataclass
+class _Column:
+    name: str
+    var: str  # quoted column of the clean temp table
+    s: dict[str, object]  # statistics
+    kind: str = "text"  # text | bool | int | dm | iso | mon | number
+    sql_type: str = "VARCHAR"
+    expr: str = ""
+    note: str | None = None
+
+
+_LEADING_ZERO = _lit(r"^[-+(]?\s*[$€£]?\s*0[0-9]")  # 00123: a code, not a number
+_TRAILING_MINUS = _lit(r"\d\s*-$")
+# Cheap shape tests: only columns whose every value passes one are parsed in that format.
+_SCREENS = {
+    "int_shape": r"[-+]?\d{1,18}",
+    "num_shape": r"(?i)[-+()$€£%\s\d.,]*(?:usd|eur|gbp|chf)?[-+()$€£%\s\d.,]*",
+    "date_shape": r"\d{1,4}[./-]\d{1,2}[./-]\d{1,4}(?:[ T][\d:.]+)?",
+    "mon_shape": r"[\w ,.-]{6,20}\d{4}",
+}
+
+
+def _screen_stats(vs: list[str]) -> dict[str, str]:
+    """Aggregates over the data rows for every column, as {f"{key}{j}": expression}."""
+    out = {}
+    for j, x in enumerate(vs):
+        out |= {
+            f"n{j}": f"count({x})",
+            f"ex{j}": f"min({x})",
+            f"bool{j}": f"count(*) FILTER (WHERE lower({x}) IN ('true', 'false'))",
+            f"lead0{j}": f"count(*) FILTER (WHERE regexp_matches({x}, {_LEADING_ZERO}))",
+        }
+        out |= {f"{k}{j}": f"count(*) FILTER (WHERE regexp_full_match({x}, {_lit(r)}))" for k, r in _SCREENS.items()}
+    return out
+
+
+def _parse_stats(j: int, x: str, kinds: set[str]) -> tuple[list[str], list[str], dict[str, str]]:
+    """For column ``x`` (position j) and the formats it may be in ('num', 'date', 'mon'): the
+    parsing projections, the projections derived from them, and the aggregates over both."""
+    parse, derive, stats = ([x] if kinds else []), [], {}
+    if "date" in kinds:
+        d = f"d{j}"
+        parse += [f"cfo_dm({x}) AS {d}", f"cfo_iso({x}) AS iso{j}"]
+        derive += [f"cfo_dm_ts({d}, true) AS dmy{j}", f"cfo_dm_ts({d}, false) AS mdy{j}"]
+        stats |= {
+            "dmy": f"count(dmy{j})",
+            "mdy": f"count(mdy{j})",
+            "dot": f"count(*) FILTER (WHERE {d}.s1 = '.')",
+            "dm_time": f"count(*) FILTER (WHERE {d}.t <> '')",
+            "iso": f"count(iso{j})",
+            "iso_time": f"count(*) FILTER (WHERE iso{j} IS NOT NULL AND length({x}) > 10)",
+        }
+    if "mon" in kinds:
+        parse.append(f"cfo_mon({x}) AS mon{j}")
+        stats["mon"] = f"count(mon{j})"
+    if "num" in kinds:
+        stats |= {
+            "paren": f"count(*) FILTER (WHERE {x} LIKE '(%)')",
+            "trail": f"count(*) FILTER (WHERE regexp_matches({x}, {_TRAILING_MINUS}))",
+            "code": f"count(*) FILTER (WHERE regexp_matches({x}, '(?i)usd|eur|gbp|chf'))",
+        }
+        stats |= {sym: f"count(*) FILTER (WHERE contains({x}, '{sym}'))" for sym in "$€£"}
+        for st, (thou, dec) in _STYLES.items():
+            p, num = f"{st[0]}{j}", f"{st}{j}"
+            parse.append(f"cfo_{st}({x}) AS {p}")
+            derive.append(f"cfo_num({p}, '{thou}', '{dec}') AS {num}")
+            stats |= {
+                f"{st}_ok": f"count({num})",
+                f"{st}_int": f"count(*) FILTER (WHERE {p}.f = '' AND TRY_CAST({num} AS BIGINT) IS NOT NULL)",
+                f"{st}_dec2": f"count(TRY_CAST({num} AS DECIMAL(18,2)))",
+                f"{st}_scale": f"max(length({p}.f)) FILTER (WHERE {num} IS NOT NULL)",
+                f"{st}_pct": f"count(*) FILTER (WHERE {p}.p <> '' AND {num} IS NOT NULL)",
+                f"{st}_thou": f"count(*) FILTER (WHERE contains({p}.i, '{thou}') AND {num} IS NOT NULL)",
+                f"{st}_dec": f"count(*) FILTER (WHERE {p}.f <> '' AND {num} IS NOT NULL)",
+            }
+    return parse, derive, stats
+
+
+def _column_stats(con: duckdb.DuckDBPyConnection, vs: list[str], table: str, where: str) -> list[dict[str, object]]:
+    """Statistics per column over the data rows; counts of formats a column was not screened
+    for are 0. The parsed values are materialised in a temp table first, which keeps DuckDB's
+    optimizer from inlining the (costly) regex parsers into every aggregate."""
+    screen = _screen_stats(vs)
+    row = dict(zip(screen, con.execute(f"SELECT {', '.join(screen.values())} FROM {table} WHERE {where}").fetchone()))
+    stats = []
+    for j in range(len(vs)):
+        s = {k: row[f"{k}{j}"] for k in ("n", "ex", "bool", "lead0", *_SCREENS)}
+        s |= dict.fromkeys(["dmy", "mdy", "dot", "dm_time", "iso", "iso_time", "mon", "paren", "trail", "code", *"$€£"], 0)
+        for st in _STYLES:
+            s |= dict.fromkeys([f"{st}_{k}" for k in ("ok", "int", "dec2", "pct", "thou", "dec")], 0) | {f"{st}_scale": None}
+        stats.append(s)
+    parse, derive, aggs, keys = [], [], [], []
+    for j, (x, s) in enumerate(zip(vs, stats)):
+        n = s["n"]
+        kinds = {k for k, screen_key, ok in [
+            ("num", "num_shape", s["lead0"] == 0), ("date", "date_shape", True), ("mon", "mon_shape", True)
+        ] if n and ok and s[screen_key] == n and s["bool"] < n and s["int_shape"] < n}
+        p, d, a = _parse_stats(j, x, kinds)
+        parse, derive = parse + p, derive + d
+        keys += [(j, k) for k in a]
+        aggs += a.values()
+    if aggs:
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE cfo_parsed AS SELECT *{''.join(', ' + e for e in derive)}"
+            f" FROM (SELECT {', '.join(parse)} FROM {table} WHERE {where})"
+        )
+        values = con.execute(f"SELECT {', '.join(aggs)} FROM temp.cfo_parsed").fetchone()
+        con.execute("DROP TABLE temp.cfo_parsed")
+        for (j, key), value in zip(keys, values):
+            stats[j][key] = value
+    return stats
+
+
+def _guess_kind(s: dict[str, object]) -> str:
+    n = s["n"]
+    if n == 0:
+        return "text"
+    if s["bool"] == n:
+        return "bool"
+    if s["int_shape"] == n and s["lead0"] == 0:
+        return "int"
+    if s["dmy"] == n or s["mdy"] == n:
+        return "dm"
+    if s["iso"] == n:
+        return "iso"
+    if s["mon"] == n:
+        return "mon"
+    if s["lead0"] == 0 and n in (s["us_ok"], s["eu_ok"]):
+        return "number"
+    return "text"
+
+
+def _number_style(s: dict[str, object], preferred: str) -> str:
+    us, eu = s["us_ok"] == s["n"], s["eu_ok"] == s["n"]
+    if us and eu:
+        return preferred if s["us_thou"] or s["us_dec"] else "us"
+    return "us" if us else "eu"
+
+
+def _type_number(c: _Column, style: str) -> None:
+    s, (thou, dec) = c.s, _STYLES[style]
+    n, num = s["n"], f"cfo_num(cfo_{style}({c.var}), '{thou}', '{dec}')"
+    if 0 < s[f"{style}_pct"] < n:
+        c.kind = "text"
+        return
+    if s[f"{style}_pct"] == n:
+        c.sql_type, c.expr = "DOUBLE", f"TRY_CAST({num} AS DOUBLE) / 100"
+    elif s[f"{style}_int"] == n:
+        c.sql_type, c.expr = "BIGINT", f"TRY_CAST({num} AS BIGINT)"
+    elif (s[f"{style}_scale"] or 0) <= 3 and s[f"{style}_dec2"] == n:  # scale counts the separator
+        c.sql_type, c.expr = "DECIMAL(18,2)", f"TRY_CAST({num} AS DECIMAL(18,2))"
+    else:
+        c.sql_type, c.expr = "DOUBLE", f"TRY_CAST({num} AS DOUBLE)"
+    removed = [sym for sym in "$€£" if s[sym]] + (["currency codes"] if s["code"] else [])
+    if s[f"{style}_thou"]:
+        removed.append("thousands separators")
+    how: list[str] = []
+    if style == "eu" and (s["eu_thou"] or s["eu_dec"]):
+        how.append("European format: 1.234,56 read as 1234.56")
+    if s["paren"]:
+        how.append("(123.45) read as -123.45")
+    if s["trail"]:
+        how.append("123.45- read as -123.45")
+    if s[f"{style}_pct"]:
+        how.append("percentages stored as fractions: 12.5% read as 0.125")
+    if removed or how:
+        after = f" after removing {' and '.join(removed)}" if removed else ""
+        c.note = f"Column {c.name!r} read as numbers{after}" + "".join(f"; {h}" for h in how)
+
+
+def _type_columns(cols: list[_Column], delimiter: str | None, date_order: str | None) -> tuple[str | None, list[str], list[str]]:
+    """Choose each column's type and SQL; returns (assumed date order, ambiguous columns, notes)."""
+    for c in cols:
+        c.kind = _guess_kind(c.s)
+    numbers = [c for c in cols if c.kind == "number"]
+    eu_only = any(c.s["eu_ok"] == c.s["n"] > c.s["us_ok"] for c in numbers)
+    us_only = any(c.s["us_ok"] == c.s["n"] > c.s["eu_ok"] for c in numbers)
+    european = delimiter == ";"
+    for c in numbers:
+        _type_number(c, _number_style(c.s, "eu" if european else "us"))
+
+    dms = [c for c in cols if c.kind == "dm"]
+    ambiguous = [c for c in dms if c.s["dmy"] == c.s["mdy"] == c.s["n"]]
+    known = {("DMY" if c.s["dmy"] == c.s["n"] else "MDY") for c in dms if c not in ambiguous}
+    order, notes = None, []
+    if ambiguous:
+        if date_order:
+            order, why = date_order, "the order you chose"
+        elif len(known) == 1:
+            order = next(iter(known))
+            why = f"other date columns here are unambiguously {'day' if order == 'DMY' else 'month'}-first"
+        elif any(c.s["dot"] for c in ambiguous):
+            order, why = "DMY", "dates written with '.' are day-first by convention"
+        elif european:
+            order, why = "DMY", "the file uses European number formats"
+        else:
+            order, why = "MDY", "nothing in the file indicates day-first (month-first is the default)"
+        shown = "day first (DD/MM/YYYY)" if order == "DMY" else "month first (MM/DD/YYYY)"
+        names = ", ".join(c.name for c in ambiguous)
+        notes.append(
+            f"Dates in {names} (e.g. {ambiguous[0].s['ex']}) fit both day-first and month-first; read as"
+            f" {shown} because {why}. Switch the date order if that is wrong."
+        )
+    for c in dms:
+        day_first = (order == "DMY") if c in ambiguous else c.s["dmy"] == c.s["n"]
+        c.sql_type = "TIMESTAMP" if c.s["dm_time"] else "DATE"
+        c.expr = f"CAST(cfo_dm_ts(cfo_dm({c.var}), {str(day_first).lower()}) AS {c.sql_type})"
+    for c in cols:
+        if c.kind == "bool":
+            c.sql_type, c.expr = "BOOLEAN", f"lower({c.var}) = 'true'"
+        elif c.kind == "int":
+            c.sql_type, c.expr = "BIGINT", f"CAST({c.var} AS BIGINT)"
+        elif c.kind == "iso":
+            c.sql_type = "TIMESTAMP" if c.s["iso_time"] else "DATE"
+            c.expr = f"CAST(cfo_iso({c.var}) AS {c.sql_type})"
+        elif c.kind == "mon":
+            c.sql_type, c.expr = "DATE", f"CAST(cfo_mon({c.var}) AS DATE)"
+        elif c.kind == "text":
+            c.sql_type, c.expr = "VARCHAR", c.var
+    return order, [c.name for c in ambiguous], notes
+
+
+# ----------------------------------------------------------------------------- prepare one table
+
+
+@dataclass
+class _Prepared:
+    source: _Source
+    select_sql: str
+    notes: list[str]
+    date_order: str | None
+    ambiguous: list[str]
+
+
+def _prepare(con: duckdb.DuckDBPyConnection, src: _Source, k: int, name: str, date_order: str | None) -> _Prepared:
+    where = f"{name}" if src.label is None else f"{name}: worksheet {src.label!r}"
+    raw_cols = [d[0] for d in con.execute(f"SELECT * FROM temp.{src.raw} LIMIT 0").description]
+    vs = [f"v{j}" for j in range(len(raw_cols))]
+    clean = f"temp.cfo_clean_{k}"
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE cfo_clean_{k} AS SELECT rowid AS rn, "
+        + ", ".join(f"cfo_clean({quote_ident(r)}) AS {v}" for r, v in zip(raw_cols, vs))
+        + f" FROM temp.{src.raw} ORDER BY rowid"
+    )
+    any_value = "(" + " OR ".join(f"{v} IS NOT NULL" for v in vs) + ")"
+    hdr, last, nonempty = con.execute(
+        f"SELECT min(rn), max(rn), count(*) FROM {clean} WHERE {any_value}"
+    ).fetchone()
+    if hdr is None:
+        raise IngestError(f"{where}: the file is empty" if src.label is None else f"{where} is empty")
+    header = list(con.execute(f"SELECT {', '.join(vs)} FROM {clean} WHERE rn = ?", [hdr]).fetchone())
+    data = f"rn > {int(hdr)} AND {any_value}"
+
+    stats = _column_stats(con, vs, clean, data)
+
+    notes = list(src.notes)
+    named = max(j for j, h in enumerate(header) if h is not None) + 1
+    if src.delimiter is not None and any(st["n"] for st in stats[named:]):
+        row = con.execute(
+            f"SELECT rn, {', '.join(vs)} FROM {clean} WHERE rn > ? AND ("
+            + " OR ".join(f"{v} IS NOT NULL" for v in vs[named:])
+            + ") ORDER BY rn LIMIT 1",
+            [hdr],
+        ).fetchone()
+        fields = max(j for j, x in enumerate(row[1:]) if x is not None) + 1
+        raise IngestError(
+            f"{name}: row {row[0] + 1} has {fields} fields but the header names only {named} columns"
+            f" (the row starts {row[1]!r}); a value probably contains an unquoted {src.delimiter!r}."
+            " Quote that value or fix the header, then upload again."
+        )
+    keep = [j for j in range(len(vs)) if header[j] is not None or stats[j]["n"]]
+    if dropped := len(vs) - len(keep):
+        notes.append(f"Dropped {dropped} empty column{'s' * (dropped > 1)} with no header")
+    names, name_notes = _column_names(header, keep)
+    notes += name_notes
+    if skipped := int(last) - int(hdr) - (nonempty - 1):
+        notes.append(f"Skipped {skipped} empty row{'s' * (skipped > 1)}")
+    if nonempty == 1:
+        notes.append("The header has no data rows below it: the table is empty and its columns are text")
+    if src.reject_scan and stats[named - 1]["n"] < nonempty - 1:
+        con.execute("DROP TABLE IF EXISTS temp.cfo_rejects")
+        con.execute("DROP TABLE IF EXISTS temp.cfo_reject_scans")
+        try:
+            con.execute(*src.reject_scan).fetchall()
+            short = con.execute(
+                "SELECT count(DISTINCT line) FROM temp.cfo_rejects WHERE error_type = 'MISSING COLUMNS'"
+            ).fetchone()[0]
+        except duckdb.Error:
+            short = 0  # the note is a courtesy; the padded data is already loaded
+        if short:
+            notes.append(f"{short} row{'s' * (short > 1)} had fewer fields and {'were' if short > 1 else 'was'} padded with empty values")
+
+    cols = [_Column(nm, vs[j], stats[j]) for nm, j in zip(names, keep)]
+    order, ambiguous, date_notes = _type_columns(cols, src.delimiter, date_order)
+    notes += [c.note for c in cols if c.note] + date_notes
+    select = (
+        "SELECT " + ", ".join(f"{c.expr} AS {quote_ident(c.name)}" for c in cols)
+        + f" FROM {clean} WHERE {data} ORDER BY rn"
+    )
+    return _Prepared(src, select, notes, order, ambiguous)
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def sheet_labels(path: Path, original_name: str) -> list[str | None]:
+    """The tables a file will produce: ``[None]`` for a CSV (.csv/.tsv/.txt), the names of the
+    non-empty worksheets (in workbook order) for .xlsx/.xlsm.
+
+    Raises IngestError for an unsupported extension (the message names it), an empty or binary CSV,
+    a workbook that is not a valid xlsx, or one without any non-empty worksheet.
+    """
+    ext = _extension(original_name)
+    if ext in CSV_EXTENSIONS:
+        _csv_encoding(Path(path), original_name)
+        return [None]
+    wb = _open_workbook(Path(path), original_name)
+    try:
+        labels = [ws.title for ws in wb.worksheets if _has_value(_sheet_rows(ws, original_name))]
+    finally:
+        wb.close()
+    if not labels:
+        raise IngestError(f"{original_name}: the workbook has no non-empty worksheet")
+    return labels
+
+
+def ingest_file(
+    db_path: Path,
+    path: Path,
+    *,
+    original_name: str,
+    table_names: dict[str | None, str],
+    date_order: str | None = None,
+) -> list[IngestedTable]:
+    """Ingest one uploaded file into the DuckDB file at ``db_path``; one table per CSV or worksheet.
+
+    ``path`` is the uploaded file on disk, ``original_name`` the name the analyst gave it (its
+    extension picks the reader and it prefixes every error message). ``table_names`` maps each label
+    from `sheet_labels` to its table name: ``{None: "sales"}`` for a CSV, ``{"Jan": "jan", ...}`` for a
+    workbook (only the listed worksheets are ingested). Tables of those names are replaced.
+    ``date_order`` is None to infer (rule in the module docstring) or ``"DMY"``/``"MDY"`` to force the
+    order of ambiguous day/month dates (unambiguous columns keep their only possible reading).
+
+    All tables are created in one DuckDB transaction on the workspace's writer connection. Raises
+    IngestError (database unchanged) for unsupported, empty, binary or malformed files, rows with
+    more fields than the header, unknown or empty worksheets; ValueError for bad arguments.
+    """
+    path = Path(path)
+    if date_order not in (None, *DATE_ORDERS):
+        raise ValueError(f"date_order must be None, 'DMY' or 'MDY', not {date_order!r}")
+    if not table_names or len(set(table_names.values())) != len(table_names):
+        raise ValueError("table_names must map each label to a distinct table name")
+    ext = _extension(original_name)
+    is_csv = ext in CSV_EXTENSIONS
+    if is_csv and set(table_names) != {None}:
+        raise ValueError("for a CSV, table_names must be {None: name}")
+
+    with writer(db_path) as con, tempfile.TemporaryDirectory(prefix="cfo_ingest_") as tmp:
+        for macro in _MACROS:
+            con.execute(f"CREATE OR REPLACE TEMP MACRO {macro}")
+        if is_csv:
+            sources = [_load_csv(con, path, original_name, ext, table_names[None], Path(tmp))]
+        else:
+            sources = []
+            wb = _open_workbook(path, original_name)
+            try:
+                sheets = {ws.title: ws for ws in wb.worksheets}
+                for k, (label, table) in enumerate(table_names.items()):
+                    if label not in sheets:
+                        raise IngestError(f"{original_name}: no worksheet named {label!r}")
+                    rows = _sheet_rows(sheets[label], original_name)
+                    if not _has_value(rows):
+                        if not any(_has_value(_sheet_rows(ws, original_name)) for ws in wb.worksheets):
+                            raise IngestError(f"{original_name}: the workbook has no non-empty worksheet")
+                        raise IngestError(f"{original_name}: worksheet {label!r} is empty")
+                    sources.append(_load_sheet(con, rows, k, label, table))
+            finally:
+                wb.close()
+        try:
+            prepared = [_prepare(con, s, k, original_name, date_order) for k, s in enumerate(sources)]
+        except duckdb.Error as e:
+            raise IngestError(f"{original_name}: could not be processed ({_duckdb_message(e)})") from e
+
+        catalog = con.execute("SELECT current_database()").fetchone()[0]
+        results: list[IngestedTable] = []
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for p in prepared:
+                target = f"{quote_ident(catalog)}.main.{quote_ident(p.source.table_name)}"
+                con.execute(f"CREATE OR REPLACE TABLE {target} AS {p.select_sql}")
+                columns = [
+                    ColumnInfo(n, t)
+                    for n, t in con.execute(
+                        "SELECT column_name, data_type FROM duckdb_columns() WHERE database_name = ?"
+                        " AND schema_name = 'main' AND table_name = ? ORDER BY column_index",
+                        [catalog, p.source.table_name],
+                    ).fetchall()
+                ]
+                count = con.execute(f"SELECT count(*) FROM {target}").fetchone()[0]
+                results.append(
+                    IngestedTable(p.source.table_name, p.source.label, count, columns, p.notes, p.date_order, p.ambiguous)
+                )
+            con.execute("COMMIT")
+        except BaseException as e:
+            try:
+                con.execute("ROLLBACK")
+            except duckdb.Error:
+                pass
+            if isinstance(e, duckdb.Error):
+                raise IngestError(f"{original_name}: could not be stored ({_duckdb_message(e)})") from e
+            raise
+    return results
