@@ -8,7 +8,8 @@ One path for both formats:
    surprise the sniffer). Worksheets are read with openpyxl (``read_only``, ``data_only``; defusedxml
    guards the XML) and their values turned into text: numbers in plain decimal notation, date cells
    as ISO dates, booleans as ``true``/``false``.
-2. **Header.** The first non-empty row. Names become lowercase snake_case (``"Invoice Date"`` ->
+2. **Header.** The first non-empty row; up to 5 one-cell title rows above a wider row (``"ACME Corp -
+   Sales Q4"``, Excel's ``sep=;``) are skipped and noted. Names become lowercase snake_case (``"Invoice Date"`` ->
    ``invoice_date``); blank headers become ``column_N`` (N = 1-based position), duplicates get
    ``_2``, ``_3``; a leading digit gets ``col_``; an SQL keyword gets ``_col``. Columns with no header
    and no values are dropped. Empty rows are skipped.
@@ -32,10 +33,12 @@ One path for both formats:
      most 2 decimal places -> DECIMAL(18,2) (exact money sums); more decimals or larger values ->
      DOUBLE. Percentages (every value ends in ``%``) -> DOUBLE **fractions**: ``12.5%`` -> 0.125, the
      value Excel stores for a percent cell, so CSV and XLSX agree. Values with a leading zero
-     (``00123``) keep the column as text (codes), and so does a column mixing ``%`` and plain numbers.
+     (``00123``) keep the column as text (codes), and so do whole numbers beyond BIGINT (IDs), values
+     in scientific notation, and a column mixing ``%`` and plain numbers.
    - Anything else -> VARCHAR (trimmed).
 
-CSV rows with *fewer* fields than the header are padded with NULLs (and noted). A CSV row with data
+CSV rows with *fewer* fields than the header are padded with NULLs and counted in a note (read with a
+``nullstr`` no file contains, empty fields arrive as ``''`` and only padded fields as NULL). A CSV row with data
 beyond the header's last named column raises ``IngestError``: such a row almost always comes from
 an unquoted delimiter inside a value, and storing it would shift money into the wrong column. (In a
 worksheet, values under a blank header are simply a column named ``column_N``.) A file with a header
@@ -76,6 +79,7 @@ MAX_NAME_LENGTH = 60
 DATE_ORDERS = ("DMY", "MDY")
 
 _HEAD_BYTES = 65536
+_MAX_TITLE_ROWS = 5
 _WHITESPACE = " \t\r\n\u00a0\ufeff"
 _MONTH_FORMATS = ["%d-%b-%Y", "%d %b %Y", "%b %d, %Y", "%d-%B-%Y", "%d %B %Y", "%B %d, %Y"]
 _STYLES = {"us": (",", "."), "eu": (".", ",")}  # thousands separator, decimal separator
@@ -271,6 +275,7 @@ def _csv_encoding(path: Path, name: str) -> str:
 
 
 def _duckdb_message(e: BaseException) -> str:
+    """A one-line, analyst-readable summary of a DuckDB error (mostly read_csv's)."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     first = re.sub(r"^[A-Za-z ]*Error:\s*", "", lines[0]) if lines else type(e).__name__
     line = next((ln for ln in lines if ln.startswith("CSV Error on Line")), "")
@@ -280,7 +285,9 @@ def _duckdb_message(e: BaseException) -> str:
         return f"line {n.group(1) if n else '?'} has {m.group(2)} fields, expected {m.group(1)}"
     if "sniffing file" in first:
         return "could not detect the CSV layout (delimiter and quoting); is it a CSV export?"
-    return f"could not be read as CSV: {(line + ': ' + detail) if line else first}"
+    if line:
+        return f"could not be read as CSV ({line.lower()}: {detail})"
+    return first
 
 
 # ----------------------------------------------------------------------------- raw loading
@@ -298,13 +305,17 @@ class _Source:
     table_name: str
     notes: list[str]
     delimiter: str | None = None  # CSV only
-    reject_scan: tuple[str, list[object]] | None = None  # CSV only: SQL + params for short-row count
 
 
 def _load_csv(con: duckdb.DuckDBPyConnection, path: Path, name: str, ext: str, table: str, tmp: Path) -> _Source:
     encoding = _csv_encoding(path, name)
     notes: list[str] = []
-    opts = "header=false, all_varchar=true, null_padding=true, parallel=false, sample_size=-1, comment=''"
+    # nullstr is a string no file contains: empty fields then read as '' and only the fields that
+    # null_padding adds to short rows are NULL, which is how short rows are counted (see _prepare).
+    opts = (
+        "header=false, all_varchar=true, null_padding=true, parallel=false, sample_size=-1, comment='',"
+        " nullstr='\x01cfo-null\x01'"
+    )
     if ext == ".tsv":
         opts += ", delim='\t'"
     src = path
@@ -313,10 +324,7 @@ def _load_csv(con: duckdb.DuckDBPyConnection, path: Path, name: str, ext: str, t
     for attempt in (1, 2):
         try:
             con.execute(f"CREATE OR REPLACE TEMP TABLE cfo_raw_0 AS SELECT * FROM read_csv(?, {opts})", [str(src)])
-            dialect = con.execute(
-                f"SELECT Delimiter, Quote, Escape FROM sniff_csv(?, {opts})",
-                [str(src)],
-            ).fetchone()
+            dialect = con.execute(f"SELECT Delimiter FROM sniff_csv(?, {opts})", [str(src)]).fetchone()
             break
         except duckdb.Error as e:
             if attempt == 1 and encoding == "utf-8" and "not utf-8 encoded" in str(e).lower():
@@ -329,16 +337,7 @@ def _load_csv(con: duckdb.DuckDBPyConnection, path: Path, name: str, ext: str, t
                 notes.append("Read as Windows-1252 / latin-1 (the file is not UTF-8)")
                 continue
             raise IngestError(f"{name}: {_duckdb_message(e)}") from e
-    delim, quote, escape = ("" if v == "(empty)" else v for v in dialect)
-    scan = (
-        "SELECT count(*) FROM read_csv(?, delim=?, quote=?, escape=?, header=false, all_varchar=true,"
-        " null_padding=false, parallel=false, sample_size=-1, store_rejects=true,"
-        " rejects_table='cfo_rejects', rejects_scan='cfo_reject_scans'"
-        + (", encoding='utf-16'" if encoding == "utf-16" else "")
-        + ")",
-        [str(src), delim, quote, escape],
-    )
-    return _Source("cfo_raw_0", None, table, notes, delim, scan)
+    return _Source("cfo_raw_0", None, table, notes, dialect[0])
 
 
 def _cell_text(v: object) -> str | None:
@@ -379,11 +378,35 @@ def _sheet_rows(ws, name: str) -> list[list[str | None]]:
     return rows
 
 
-def _has_value(rows: list[list[str | None]]) -> bool:
-    return any(v is not None and v.strip() for row in rows for v in row)
+def _has_value(rows) -> bool:
+    """Whether rows of cell values (texts or raw openpyxl values) hold any non-blank cell."""
+    return any(v is not None and (not isinstance(v, str) or v.strip()) for row in rows for v in row)
 
 
-def _load_sheet(con: duckdb.DuckDBPyConnection, rows: list[list[str | None]], k: int, label: str, table: str) -> _Source:
+def _read_sheets(path: Path, name: str, table_names: dict[str | None, str]) -> list[tuple[str, str, list]]:
+    """(label, table name, rows of cell texts) for each requested worksheet, in request order."""
+    if None in table_names:
+        raise ValueError("for a workbook, table_names must map worksheet names to table names")
+    wb = _open_workbook(path, name)
+    try:
+        sheets = {ws.title: ws for ws in wb.worksheets}
+        out = []
+        for label, table in table_names.items():
+            if label not in sheets:
+                raise IngestError(f"{name}: no worksheet named {label!r}")
+            rows = _sheet_rows(sheets[label], name)
+            if not _has_value(rows):
+                if not any(_has_value(ws.iter_rows(values_only=True)) for ws in wb.worksheets):
+                    raise IngestError(f"{name}: the workbook has no non-empty worksheet")
+                raise IngestError(f"{name}: worksheet {label!r} is empty")
+            out.append((label, table, rows))
+        return out
+    finally:
+        wb.close()
+
+
+def _load_sheet(con: duckdb.DuckDBPyConnection, rows: list, k: int, label: str, table: str) -> _Source:
+    """Put a worksheet's rows of cell texts into the temp table ``cfo_raw_{k}`` (via Arrow)."""
     width = max(len(r) for r in rows)
     columns = {f"c{j}": pa.array([r[j] if j < len(r) else None for r in rows], pa.string()) for j in range(width)}
     con.register("cfo_arrow", pa.table(columns))
@@ -417,6 +440,11 @@ _SCREENS = {
     "date_shape": r"\d{1,4}[./-]\d{1,2}[./-]\d{1,4}(?:[ T][\d:.]+)?",
     "mon_shape": r"[\w ,.-]{6,20}\d{4}",
 }
+
+
+_PARSED_KEYS = ("dmy", "mdy", "dot", "dm_time", "iso", "iso_time", "mon", "paren", "trail", "code", *"$€£") + tuple(
+    f"{st}_{k}" for st in _STYLES for k in ("ok", "int", "dec2", "scale", "pct", "thou", "dec")
+)
 
 
 def _screen_stats(vs: list[str]) -> dict[str, str]:
@@ -481,19 +509,18 @@ def _column_stats(con: duckdb.DuckDBPyConnection, vs: list[str], table: str, whe
     optimizer from inlining the (costly) regex parsers into every aggregate."""
     screen = _screen_stats(vs)
     row = dict(zip(screen, con.execute(f"SELECT {', '.join(screen.values())} FROM {table} WHERE {where}").fetchone()))
-    stats = []
-    for j in range(len(vs)):
-        s = {k: row[f"{k}{j}"] for k in ("n", "ex", "bool", "lead0", *_SCREENS)}
-        s |= dict.fromkeys(["dmy", "mdy", "dot", "dm_time", "iso", "iso_time", "mon", "paren", "trail", "code", *"$€£"], 0)
-        for st in _STYLES:
-            s |= dict.fromkeys([f"{st}_{k}" for k in ("ok", "int", "dec2", "pct", "thou", "dec")], 0) | {f"{st}_scale": None}
-        stats.append(s)
+    every = ("n", "ex", "bool", "lead0", *_SCREENS)
+    stats = [{k: row[f"{k}{j}"] for k in every} | dict.fromkeys(_PARSED_KEYS, 0) for j in range(len(vs))]
     parse, derive, aggs, keys = [], [], [], []
     for j, (x, s) in enumerate(zip(vs, stats)):
-        n = s["n"]
-        kinds = {k for k, screen_key, ok in [
-            ("num", "num_shape", s["lead0"] == 0), ("date", "date_shape", True), ("mon", "mon_shape", True)
-        ] if n and ok and s[screen_key] == n and s["bool"] < n and s["int_shape"] < n}
+        n, kinds = s["n"], set()
+        if n and s["bool"] < n and s["int_shape"] < n:  # booleans and plain integers need no parsing
+            if s["num_shape"] == n and s["lead0"] == 0:
+                kinds.add("num")
+            if s["date_shape"] == n:
+                kinds.add("date")
+            if s["mon_shape"] == n:
+                kinds.add("mon")
         p, d, a = _parse_stats(j, x, kinds)
         parse, derive = parse + p, derive + d
         keys += [(j, k) for k in a]
@@ -524,7 +551,7 @@ def _guess_kind(s: dict[str, object]) -> str:
         return "iso"
     if s["mon"] == n:
         return "mon"
-    if s["lead0"] == 0 and n in (s["us_ok"], s["eu_ok"]):
+    if n in (s["us_ok"], s["eu_ok"]):  # only parsed when no value has a leading zero
         return "number"
     return "text"
 
@@ -539,8 +566,8 @@ def _number_style(s: dict[str, object], preferred: str) -> str:
 def _type_number(c: _Column, style: str) -> None:
     s, (thou, dec) = c.s, _STYLES[style]
     n, num = s["n"], f"cfo_num(cfo_{style}({c.var}), '{thou}', '{dec}')"
-    if 0 < s[f"{style}_pct"] < n:
-        c.kind = "text"
+    if 0 < s[f"{style}_pct"] < n or (s[f"{style}_dec"] == 0 and s[f"{style}_int"] < n):
+        c.kind = "text"  # mixed percentages, or whole numbers too long for BIGINT (IDs, card numbers)
         return
     if s[f"{style}_pct"] == n:
         c.sql_type, c.expr = "DOUBLE", f"TRY_CAST({num} AS DOUBLE) / 100"
@@ -567,14 +594,16 @@ def _type_number(c: _Column, style: str) -> None:
         c.note = f"Column {c.name!r} read as numbers{after}" + "".join(f"; {h}" for h in how)
 
 
-def _type_columns(cols: list[_Column], delimiter: str | None, date_order: str | None) -> tuple[str | None, list[str], list[str]]:
+def _type_columns(
+    cols: list[_Column], delimiter: str | None, date_order: str | None
+) -> tuple[str | None, list[str], list[str]]:
     """Choose each column's type and SQL; returns (assumed date order, ambiguous columns, notes)."""
     for c in cols:
         c.kind = _guess_kind(c.s)
     numbers = [c for c in cols if c.kind == "number"]
     eu_only = any(c.s["eu_ok"] == c.s["n"] > c.s["us_ok"] for c in numbers)
     us_only = any(c.s["us_ok"] == c.s["n"] > c.s["eu_ok"] for c in numbers)
-    european = delimiter == ";"
+    european = eu_only if eu_only != us_only else delimiter == ";"
     for c in numbers:
         _type_number(c, _number_style(c.s, "eu" if european else "us"))
 
@@ -632,7 +661,7 @@ class _Prepared:
 
 
 def _prepare(con: duckdb.DuckDBPyConnection, src: _Source, k: int, name: str, date_order: str | None) -> _Prepared:
-    where = f"{name}" if src.label is None else f"{name}: worksheet {src.label!r}"
+    label = f"{name}: worksheet {src.label!r}"
     raw_cols = [d[0] for d in con.execute(f"SELECT * FROM temp.{src.raw} LIMIT 0").description]
     vs = [f"v{j}" for j in range(len(raw_cols))]
     clean = f"temp.cfo_clean_{k}"
@@ -642,17 +671,24 @@ def _prepare(con: duckdb.DuckDBPyConnection, src: _Source, k: int, name: str, da
         + f" FROM temp.{src.raw} ORDER BY rowid"
     )
     any_value = "(" + " OR ".join(f"{v} IS NOT NULL" for v in vs) + ")"
-    hdr, last, nonempty = con.execute(
-        f"SELECT min(rn), max(rn), count(*) FROM {clean} WHERE {any_value}"
-    ).fetchone()
-    if hdr is None:
-        raise IngestError(f"{where}: the file is empty" if src.label is None else f"{where} is empty")
-    header = list(con.execute(f"SELECT {', '.join(vs)} FROM {clean} WHERE rn = ?", [hdr]).fetchone())
+    filled = " + ".join(f"({v} IS NOT NULL)::INT" for v in vs)
+    first = con.execute(
+        f"SELECT rn, {filled}, {', '.join(vs)} FROM {clean} WHERE {any_value} ORDER BY rn LIMIT {_MAX_TITLE_ROWS + 1}"
+    ).fetchall()
+    if not first:
+        raise IngestError(f"{name}: the file is empty" if src.label is None else f"{label} is empty")
+    # Header: the first non-empty row, unless it and up to 4 more are one-cell title rows above a wider row.
+    titles = next((i for i, r in enumerate(first) if r[1] > 1), 0)
+    hdr, header = first[titles][0], list(first[titles][2:])
     data = f"rn > {int(hdr)} AND {any_value}"
+    rows, last = con.execute(f"SELECT count(*), max(rn) FROM {clean} WHERE {data}").fetchone()
 
     stats = _column_stats(con, vs, clean, data)
 
     notes = list(src.notes)
+    if titles:
+        shown = ", ".join(repr(next(x for x in r[2:] if x is not None)) for r in first[:titles])
+        notes.append(f"Skipped {titles} title row{'s' * (titles > 1)} above the header ({shown})")
     named = max(j for j, h in enumerate(header) if h is not None) + 1
     if src.delimiter is not None and any(st["n"] for st in stats[named:]):
         row = con.execute(
@@ -672,22 +708,19 @@ def _prepare(con: duckdb.DuckDBPyConnection, src: _Source, k: int, name: str, da
         notes.append(f"Dropped {dropped} empty column{'s' * (dropped > 1)} with no header")
     names, name_notes = _column_names(header, keep)
     notes += name_notes
-    if skipped := int(last) - int(hdr) - (nonempty - 1):
+    if rows and (skipped := int(last) - int(hdr) - rows):
         notes.append(f"Skipped {skipped} empty row{'s' * (skipped > 1)}")
-    if nonempty == 1:
+    if not rows:
         notes.append("The header has no data rows below it: the table is empty and its columns are text")
-    if src.reject_scan and stats[named - 1]["n"] < nonempty - 1:
-        con.execute("DROP TABLE IF EXISTS temp.cfo_rejects")
-        con.execute("DROP TABLE IF EXISTS temp.cfo_reject_scans")
-        try:
-            con.execute(*src.reject_scan).fetchall()
-            short = con.execute(
-                "SELECT count(DISTINCT line) FROM temp.cfo_rejects WHERE error_type = 'MISSING COLUMNS'"
-            ).fetchone()[0]
-        except duckdb.Error:
-            short = 0  # the note is a courtesy; the padded data is already loaded
+    if src.delimiter is not None and stats[named - 1]["n"] < rows:
+        # A raw NULL (not '') in the last named column is a field null_padding added to a short row.
+        short = con.execute(
+            f"SELECT count(*) FROM {clean} JOIN temp.{src.raw} r ON r.rowid = rn"
+            f" WHERE {data} AND r.{quote_ident(raw_cols[named - 1])} IS NULL"
+        ).fetchone()[0]
         if short:
-            notes.append(f"{short} row{'s' * (short > 1)} had fewer fields and {'were' if short > 1 else 'was'} padded with empty values")
+            were = "rows had fewer fields and were" if short > 1 else "row had fewer fields and was"
+            notes.append(f"{short} {were} padded with empty values")
 
     cols = [_Column(nm, vs[j], stats[j]) for nm, j in zip(names, keep)]
     order, ambiguous, date_notes = _type_columns(cols, src.delimiter, date_order)
@@ -715,7 +748,9 @@ def sheet_labels(path: Path, original_name: str) -> list[str | None]:
         return [None]
     wb = _open_workbook(Path(path), original_name)
     try:
-        labels = [ws.title for ws in wb.worksheets if _has_value(_sheet_rows(ws, original_name))]
+        labels = [ws.title for ws in wb.worksheets if _has_value(ws.iter_rows(values_only=True))]
+    except Exception as e:
+        raise IngestError(f"{original_name}: the workbook cannot be read ({e})") from e
     finally:
         wb.close()
     if not labels:
@@ -747,12 +782,17 @@ def ingest_file(
     path = Path(path)
     if date_order not in (None, *DATE_ORDERS):
         raise ValueError(f"date_order must be None, 'DMY' or 'MDY', not {date_order!r}")
-    if not table_names or len(set(table_names.values())) != len(table_names):
-        raise ValueError("table_names must map each label to a distinct table name")
+    if not table_names or not all(table_names.values()) or len({t.lower() for t in table_names.values()}) != len(
+        table_names
+    ):
+        raise ValueError("table_names must map each label to a distinct, non-empty table name")
     ext = _extension(original_name)
     is_csv = ext in CSV_EXTENSIONS
     if is_csv and set(table_names) != {None}:
         raise ValueError("for a CSV, table_names must be {None: name}")
+
+    # Workbooks are read before taking the workspace lock: openpyxl is slow and needs no database.
+    sheets = [] if is_csv else _read_sheets(path, original_name, table_names)
 
     with writer(db_path) as con, tempfile.TemporaryDirectory(prefix="cfo_ingest_") as tmp:
         for macro in _MACROS:
@@ -760,21 +800,7 @@ def ingest_file(
         if is_csv:
             sources = [_load_csv(con, path, original_name, ext, table_names[None], Path(tmp))]
         else:
-            sources = []
-            wb = _open_workbook(path, original_name)
-            try:
-                sheets = {ws.title: ws for ws in wb.worksheets}
-                for k, (label, table) in enumerate(table_names.items()):
-                    if label not in sheets:
-                        raise IngestError(f"{original_name}: no worksheet named {label!r}")
-                    rows = _sheet_rows(sheets[label], original_name)
-                    if not _has_value(rows):
-                        if not any(_has_value(_sheet_rows(ws, original_name)) for ws in wb.worksheets):
-                            raise IngestError(f"{original_name}: the workbook has no non-empty worksheet")
-                        raise IngestError(f"{original_name}: worksheet {label!r} is empty")
-                    sources.append(_load_sheet(con, rows, k, label, table))
-            finally:
-                wb.close()
+            sources = [_load_sheet(con, rows, k, label, table) for k, (label, table, rows) in enumerate(sheets)]
         try:
             prepared = [_prepare(con, s, k, original_name, date_order) for k, s in enumerate(sources)]
         except duckdb.Error as e:
@@ -796,8 +822,9 @@ def ingest_file(
                     ).fetchall()
                 ]
                 count = con.execute(f"SELECT count(*) FROM {target}").fetchone()[0]
+                src = p.source
                 results.append(
-                    IngestedTable(p.source.table_name, p.source.label, count, columns, p.notes, p.date_order, p.ambiguous)
+                    IngestedTable(src.table_name, src.label, count, columns, p.notes, p.date_order, p.ambiguous)
                 )
             con.execute("COMMIT")
         except BaseException as e:

@@ -1,0 +1,71 @@
+"""Benchmarks that print ratios (targets live here, never in timed tests). Run: `make bench`.
+
+1. Fork cost vs artifact size: forking a thread whose answers hold 1 row vs 1,000,000 rows of
+   results. Target: ratio ~1 (a fork is one row; it copies nothing).
+2. Ingest throughput: a 200,000-row messy CSV ($ amounts, European decimals, DD.MM.YYYY dates), rows/s.
+3. Sandbox overhead: run_query of a trivial SELECT vs a bare DuckDB execute on an open connection.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+
+def timed(fn, repeat: int = 20) -> float:
+    """Median seconds of `repeat` calls."""
+    samples = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t)
+    return statistics.median(samples)
+
+
+def main() -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="cfo-bench-"))
+    os.environ["CFO_DESK_HOME"] = str(tmp / "home")
+    from agent_script import sql_script
+
+    from cfo_desk.analytics import ingest
+    from cfo_desk.analytics.sandbox import run_query
+    from cfo_desk.analytics.store import writer
+    from cfo_desk.services import threads, turns, workspaces
+    from cfo_desk.storage.db import session_scope
+
+    with session_scope() as s:
+        results = {}
+        for label, rows in (("small", 1), ("large", 1_000_000)):
+            ws = workspaces.create_workspace(session=s, name=f"bench {label}")
+            t = threads.create_thread(session=s, workspace_id=ws.id)
+            reply = turns.ask(session=s, thread_id=t.id, content="q", model=sql_script([f"SELECT range AS i, range * 1.5 AS v FROM range({rows})"]))
+            results[label] = timed(lambda: threads.fork_thread(session=s, thread_id=t.id, message_id=reply.id))
+        print(f"fork: small {results['small'] * 1e3:.2f} ms, 1M-row artifact {results['large'] * 1e3:.2f} ms, ratio {results['large'] / results['small']:.2f} (target ~1)")
+
+    n = 200_000
+    csv = tmp / "messy.csv"
+    with csv.open("w", encoding="utf-8") as f:
+        f.write("Invoice Date;Customer;Amount;Net\n")
+        for i in range(n):
+            f.write(f"{(i % 28) + 1:02d}.{(i % 12) + 1:02d}.2024;Cust {i % 977};€{(i % 49) + 1}.{i % 1000:03d},{i % 100:02d};({i % 300},50)\n")
+    t = time.perf_counter()
+    (table,) = ingest.ingest_file(tmp / "ingest.duckdb", csv, original_name="messy.csv", table_names={None: "messy"})
+    dt = time.perf_counter() - t
+    print(f"ingest: {n:,} rows in {dt:.2f} s = {n / dt:,.0f} rows/s; types {[c.type for c in table.columns]}")
+
+    db = tmp / "sandbox.duckdb"
+    with writer(db) as con:
+        con.execute("CREATE TABLE t AS SELECT 1 AS a")
+        bare = timed(lambda: con.execute("SELECT 1 AS a").fetchall(), repeat=50)
+    sandboxed = timed(lambda: run_query(db, "SELECT 1 AS a", parquet_path=tmp / "q.parquet"), repeat=50)
+    print(f"sandbox: run_query {sandboxed * 1e3:.2f} ms vs bare execute {bare * 1e3:.3f} ms, ratio {sandboxed / bare:.0f}x (connection + gate + Parquet per query)")
+
+
+if __name__ == "__main__":
+    main()

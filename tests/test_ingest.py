@@ -1,0 +1,439 @@
+"""Ingest of messy CSV/XLSX exports into a real DuckDB file: types, exact values, notes, errors."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import threading
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import duckdb
+import pytest
+from messy_files import CSV, late_na_csv, write_csv, write_xlsx
+
+from cfo_desk.analytics import ingest
+from cfo_desk.analytics.ingest import IngestError, ingest_file, safe_table_name, sheet_labels
+from cfo_desk.analytics.store import workspace_lock
+
+D = dt.date
+DEC = Decimal
+
+
+def query(db: Path, sql: str) -> list[tuple]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def types(db: Path, table: str) -> dict[str, str]:
+    sql = "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = '{}' ORDER BY column_index"
+    return dict(query(db, sql.format(table)))
+
+
+def column(db: Path, table: str, name: str) -> list:
+    return [r[0] for r in query(db, f'SELECT "{name}" FROM "{table}"')]
+
+
+def ingest_csv(tmp_path: Path, name: str, data: bytes | None = None, table: str = "t", **kw) -> ingest.IngestedTable:
+    path = write_csv(tmp_path, name, data)
+    [result] = ingest_file(tmp_path / "ws.duckdb", path, original_name=name, table_names={None: table}, **kw)
+    return result
+
+
+def test_bom_semicolon_crlf_european_numbers_and_dotted_dates(tmp_path):
+    r = ingest_csv(tmp_path, "bank_eu.csv")
+    db = tmp_path / "ws.duckdb"
+    assert types(db, "t") == {
+        "buchungstag": "DATE", "valuta": "DATE", "betrag": "DECIMAL(18,2)", "konto": "VARCHAR", "text": "VARCHAR"
+    }
+    assert [c.name for c in r.columns] == list(types(db, "t"))  # BOM not part of the first name
+    assert column(db, "t", "buchungstag") == [D(2024, 12, 31), D(2024, 1, 2), D(2024, 3, 15)]
+    # valuta fits both orders; the unambiguous day-first column decides.
+    assert column(db, "t", "valuta") == [D(2024, 2, 1), D(2024, 2, 3), D(2024, 2, 4)]
+    assert (r.date_order, r.ambiguous_date_columns) == ("DMY", ["valuta"])
+    assert column(db, "t", "betrag") == [DEC("1234.56"), DEC("-7.50"), DEC("12000.00")]
+    assert column(db, "t", "konto") == ["0815", "0816", "0817"]
+    assert column(db, "t", "text") == ["Miete", "Kaffee", "Bonus"]
+    assert any("European format" in n and "'betrag'" in n for n in r.notes)
+    assert r.row_count == 3
+
+
+def test_tab_delimited_with_quoted_newlines_and_quotes(tmp_path):
+    r = ingest_csv(tmp_path, "notes.tsv")
+    db = tmp_path / "ws.duckdb"
+    assert types(db, "t") == {"id": "BIGINT", "memo": "VARCHAR", "amount": "BIGINT"}
+    assert query(db, "SELECT * FROM t") == [
+        (1, "first line\nsecond line", 10), (2, 'He said "hi"', 20), (3, "plain", 30)
+    ]
+    assert r.row_count == 3 and r.notes == []
+
+
+def test_windows_1252_file_is_transcoded_with_a_note(tmp_path):
+    assert b"\x80" in CSV["cp1252.csv"]  # the euro byte DuckDB's latin-1 decoder rejects
+    r = ingest_csv(tmp_path, "cp1252.csv")
+    db = tmp_path / "ws.duckdb"
+    assert types(db, "t") == {"kunde": "VARCHAR", "betrag": "DECIMAL(18,2)", "ort": "VARCHAR"}
+    assert query(db, "SELECT * FROM t") == [("Müller", DEC("1234.50"), "Zürich"), ("Café Noir", DEC("7.00"), "Genève")]
+    assert "Read as Windows-1252 / latin-1 (the file is not UTF-8)" in r.notes
+
+
+def test_utf16_unicode_text_export(tmp_path):
+    ingest_csv(tmp_path, "utf16.txt")
+    db = tmp_path / "ws.duckdb"
+    assert types(db, "t") == {"name": "VARCHAR", "amount": "DECIMAL(18,2)"}
+    assert query(db, "SELECT * FROM t") == [("Müller", DEC("1.50"))]
+
+
+def test_us_money_percentages_negatives_codes_and_null_tokens(tmp_path):
+    r = ingest_csv(tmp_path, "us_money.csv")
+    db = tmp_path / "ws.duckdb"
+    assert types(db, "t") == {
+        "account": "BIGINT", "amount": "DECIMAL(18,2)", "units": "BIGINT", "margin": "DOUBLE",
+        "rate": "DOUBLE", "refund": "DECIMAL(18,2)", "zip": "VARCHAR",
+    }
+    assert column(db, "t", "account") == [4000, 4010, 4020, 4030]
+    assert column(db, "t", "amount") == [DEC("1234.56"), DEC("1000.00"), DEC("7.00"), None]  # n/a
+    assert column(db, "t", "units") == [1200, 7, None, None]  # N/A and -
+    assert column(db, "t", "margin") == [0.125, -0.03, 1.0, None]  # fractions; #N/A
+    assert column(db, "t", "rate") == [1.0825, 0.9, 1.5, None]  # 4 decimals -> DOUBLE; empty
+    assert column(db, "t", "refund") == [DEC("-123.45"), DEC("-45.10"), DEC("0.99"), DEC("-5.00")]
+    assert column(db, "t", "zip") == ["02134", "10001", "94105", "00501"]  # leading zeros: codes
+    notes = "\n".join(r.notes)
+    assert "Column 'amount' read as numbers after removing $ and € and £ and thousands separators" in notes
+    assert "Column 'refund' read as numbers after removing $; (123.45) read as -123.45; 123.45- read as -123.45" in (
+        notes
+    )
+    assert "12.5% read as 0.125" in notes
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        # ';' file, but another column is only US: "1,500" is US thousands.
+        (b'us;amt\n"1,234.56";"1,500"\n"2.5";"2,000"\n', [1500, 2000]),
+        # ',' file, but another column is only European: "1.500" is European thousands.
+        (b'eu,amt\n"1.234,56",1.500\n"2,5",2.000\n', [1500, 2000]),
+        # No evidence in the columns: the ';' delimiter means European.
+        (b"amt;x\n1.500;a\n2.000;b\n", [1500, 2000]),
+        (b"amt,x\n1.500,a\n2.000,b\n", [DEC("1.50"), DEC("2.00")]),
+    ],
+    ids=["semicolon-but-us", "comma-but-eu", "semicolon", "comma"],
+)
+def test_number_style_when_both_fit_follows_the_file(tmp_path, data, expected):
+    ingest_csv(tmp_path, "style.csv", data)
+    assert column(tmp_path / "ws.duckdb", "t", "amt") == expected
+
+
+def test_codes_long_ids_mixed_percentages_and_scientific_notation_stay_text(tmp_path):
+    data = b"code,card,mixed,sci,word\n00123,12345678901234567890,5%,1e-7,1\n00456,1,0.5,2E3,two\n"
+    r = ingest_csv(tmp_path, "text.csv", data)
+    assert {c.type for c in r.columns} == {"VARCHAR"}
+    assert query(tmp_path / "ws.duckdb", "SELECT * FROM t") == [
+        ("00123", "12345678901234567890", "5%", "1e-7", "1"), ("00456", "1", "0.5", "2E3", "two")
+    ]
+
+
+def test_na_after_default_sample_does_not_break_the_integer_column(tmp_path):
+    r = ingest_csv(tmp_path, "late.csv", late_na_csv(20_500))
+    db = tmp_path / "ws.duckdb"
+    assert types(db, "t") == {"id": "BIGINT", "amount": "BIGINT"}
+    assert r.row_count == 20_501
+    assert query(db, "SELECT count(amount), sum(amount), max(id) FROM t") == [(20_500, 20_499 * 20_500, 20_500)]
+    assert query(db, "SELECT amount FROM t WHERE id = 20500") == [(None,)]
+
+
+def test_dates_iso_timestamps_month_names_and_default_month_first(tmp_path):
+    r = ingest_csv(tmp_path, "dates.csv")
+    db = tmp_path / "ws.duckdb"
+    assert types(db, "t") == {
+        "dmy": "DATE", "mdy": "DATE", "ambiguous": "DATE", "iso": "DATE",
+        "stamp": "TIMESTAMP", "named": "DATE", "dmy_time": "TIMESTAMP",
+    }
+    assert column(db, "t", "dmy") == [D(2024, 1, 13), D(2024, 2, 1)]
+    assert column(db, "t", "mdy") == [D(2024, 1, 13), D(2024, 2, 1)]
+    assert column(db, "t", "ambiguous") == [D(2024, 3, 4), D(2024, 5, 6)]  # MDY: unambiguous columns disagree
+    assert (r.date_order, r.ambiguous_date_columns) == ("MDY", ["ambiguous"])
+    assert any("month first (MM/DD/YYYY)" in n and "ambiguous" in n for n in r.notes)
+    assert column(db, "t", "iso") == [D(2024, 12, 31), D(2024, 2, 29)]
+    assert column(db, "t", "stamp") == [dt.datetime(2024, 1, 31, 13, 45), dt.datetime(2024, 2, 1, 0, 0, 1)]
+    assert column(db, "t", "named") == [D(2024, 12, 31), D(2025, 1, 1)]
+    assert column(db, "t", "dmy_time") == [dt.datetime(2024, 12, 25, 8, 30), dt.datetime(2024, 1, 1, 23, 59)]
+
+    # The analyst switches the order: only the ambiguous column changes.
+    r = ingest_csv(tmp_path, "dates.csv", date_order="DMY")
+    assert (r.date_order, r.ambiguous_date_columns) == ("DMY", ["ambiguous"])
+    assert column(db, "t", "ambiguous") == [D(2024, 4, 3), D(2024, 6, 5)]
+    assert column(db, "t", "mdy") == [D(2024, 1, 13), D(2024, 2, 1)]
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "order", "expected"),
+    [
+        ("dates_evidence.csv", None, "DMY", [D(2024, 4, 3), D(2024, 6, 5)]),  # other column is day-first
+        ("dotted.csv", b"d\n01.02.2024\n03.04.2024\n", "DMY", [D(2024, 2, 1), D(2024, 4, 3)]),
+        ("euro.csv", b"d;x\n01/02/2024;1,5\n03/04/2024;2,25\n", "DMY", [D(2024, 2, 1), D(2024, 4, 3)]),
+        ("plain.csv", b"d,x\n01/02/2024,1.5\n03/04/2024,2\n", "MDY", [D(2024, 1, 2), D(2024, 3, 4)]),
+        ("clear.csv", b"d\n01/02/2024\n01/13/2024\n", None, [D(2024, 1, 2), D(2024, 1, 13)]),
+    ],
+)
+def test_date_order_rule(tmp_path, name, data, order, expected):
+    r = ingest_csv(tmp_path, name, data)
+    first = r.columns[0].name
+    assert r.columns[0].type == "DATE"
+    assert column(tmp_path / "ws.duckdb", "t", first) == expected
+    assert r.date_order == order
+    assert r.ambiguous_date_columns == ([first] if order else [])
+
+
+def test_headers_blank_duplicate_keyword_digit_and_trailing_empty_columns(tmp_path):
+    r = ingest_csv(tmp_path, "headers.csv")
+    db = tmp_path / "ws.duckdb"
+    assert types(db, "t") == {
+        "invoice_no": "VARCHAR", "amount": "BIGINT", "column_3": "VARCHAR", "amount_2": "DECIMAL(18,2)",
+        "order_col": "VARCHAR", "col_2024_budget": "BIGINT", "net_pct": "DOUBLE",
+    }
+    assert query(db, "SELECT * FROM t") == [
+        ("A-1", 10, "x", DEC("1.50"), "o1", 100, 0.05), ("A-2", 20, "y", DEC("2.50"), "o2", 200, 0.06)
+    ]
+    for note in [
+        "Blank header in column 3 named column_3",
+        "Duplicate header 'amount' renamed amount_2",
+        "Dropped 2 empty columns with no header",
+        "Skipped 1 empty row",
+        "Header 'Net %' stored as net_pct",
+    ]:
+        assert note in r.notes
+    assert not any("invoice_no" in n for n in r.notes)  # plain lowercasing is not worth a note
+    assert r.row_count == 2
+
+
+def test_short_rows_are_padded_with_nulls_and_noted(tmp_path):
+    r = ingest_csv(tmp_path, "short_rows.csv")
+    db = tmp_path / "ws.duckdb"
+    assert types(db, "t") == {"a": "BIGINT", "b": "VARCHAR", "c": "BIGINT"}
+    assert query(db, "SELECT * FROM t") == [
+        (1, "x\ny", 3), (4, "5", None), (6, "7", 8), (9, None, None), (10, "11", None)
+    ]
+    assert "2 rows had fewer fields and were padded with empty values" in r.notes
+
+
+@pytest.mark.parametrize("eol", ["\r\n", "\r", "\n"], ids=["crlf", "cr", "lf"])
+def test_line_endings(tmp_path, eol):
+    data = eol.join(["Date,Amount,Memo", '2024-01-31,"$1,234.50",rent', "2024-02-29,-7,\"two\nlines\"", ""]).encode()
+    ingest_csv(tmp_path, "endings.csv", data)
+    db = tmp_path / "ws.duckdb"
+    assert types(db, "t") == {"date": "DATE", "amount": "DECIMAL(18,2)", "memo": "VARCHAR"}
+    assert query(db, "SELECT * FROM t") == [
+        (D(2024, 1, 31), DEC("1234.50"), "rent"), (D(2024, 2, 29), DEC("-7.00"), "two\nlines")
+    ]
+
+
+def test_title_row_above_the_header_is_skipped(tmp_path):
+    r = ingest_csv(tmp_path, "title.csv")
+    db = tmp_path / "ws.duckdb"
+    assert types(db, "t") == {"date": "DATE", "amount": "BIGINT", "memo": "VARCHAR"}
+    assert query(db, "SELECT * FROM t") == [(D(2024, 10, 1), 5, "a"), (D(2024, 10, 2), 6, None)]
+    # Only the title note: the one-field title row is not counted as a short row.
+    assert r.notes == ["Skipped 1 title row above the header ('ACME Corp - Sales Q4')"]
+
+
+def test_header_only_file_gives_an_empty_text_table(tmp_path):
+    r = ingest_csv(tmp_path, "header_only.csv")
+    db = tmp_path / "ws.duckdb"
+    assert types(db, "t") == {"date": "VARCHAR", "amount": "VARCHAR", "memo": "VARCHAR"}
+    assert query(db, "SELECT count(*) FROM t") == [(0,)]
+    assert r.row_count == 0 and any("no data rows" in n for n in r.notes)
+
+
+def _seed_previous_table(tmp_path: Path) -> list[tuple]:
+    ingest_csv(tmp_path, "previous.csv", b"id,amount\n1,10.50\n2,20.25\n")
+    return query(tmp_path / "ws.duckdb", "SELECT * FROM t")
+
+
+def _tables(db: Path) -> list[str]:
+    return [r[0] for r in query(db, "SELECT table_name FROM duckdb_tables() ORDER BY 1")]
+
+
+def test_too_many_fields_is_a_clear_error_and_the_previous_table_survives(tmp_path):
+    before = _seed_previous_table(tmp_path)
+    with pytest.raises(IngestError) as err:
+        ingest_csv(tmp_path, "too_many.csv")
+    assert str(err.value).startswith(
+        "too_many.csv: row 3 has 4 fields but the header names only 3 columns (the row starts 'Acme')"
+    )
+    assert query(tmp_path / "ws.duckdb", "SELECT * FROM t") == before == [(1, DEC("10.50")), (2, DEC("20.25"))]
+
+
+def _bad_xlsx(path: Path) -> Path:
+    path.write_bytes(b"this is not a zip file")
+    return path
+
+
+def _empty_book(path: Path) -> Path:
+    return write_xlsx(path, {"Sheet1": [], "Notes": [[None, "   "]]})
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "label", "message"),
+    [
+        ("empty.csv", None, None, "empty.csv: the file is empty"),
+        ("blank.csv", b"\xef\xbb\xbf\r\n\r\n", None, "blank.csv: the file is empty"),
+        ("garbage.csv", None, None, "garbage.csv: the file is not a text CSV (it contains binary data)"),
+        ("workbook_renamed.csv", None, None, "workbook_renamed.csv: the file is a zip archive"),
+        ("book.xlsx", _bad_xlsx, "Sheet1", "book.xlsx: the file is not a valid Excel workbook"),
+        ("empty_book.xlsx", _empty_book, "Sheet1", "empty_book.xlsx: the workbook has no non-empty worksheet"),
+        ("report.pdf", b"%PDF-1.4", None, "report.pdf: unsupported file type .pdf; accepted: .csv, .tsv"),
+        ("old.xls", b"\xd0\xcf\x11\xe0", None, "old.xls: unsupported file type .xls"),
+    ],
+)
+def test_bad_files_raise_specific_errors_and_leave_the_database_unchanged(tmp_path, name, make, label, message):
+    before = _seed_previous_table(tmp_path)
+    path = tmp_path / name
+    if callable(make):
+        make(path)
+    else:
+        path.write_bytes(CSV[name] if make is None else make)
+    with pytest.raises(IngestError) as err:
+        sheet_labels(path, name)
+    assert str(err.value).startswith(message)
+    with pytest.raises(IngestError) as err:
+        ingest_file(tmp_path / "ws.duckdb", path, original_name=name, table_names={label: "t"})
+    assert str(err.value).startswith(message)
+    assert _tables(tmp_path / "ws.duckdb") == ["t"]
+    assert query(tmp_path / "ws.duckdb", "SELECT * FROM t") == before
+
+
+def _workbook(path: Path) -> Path:
+    return write_xlsx(
+        path,
+        {
+            "Summary": [],
+            "Q1 Sales": [
+                [],
+                ["ACME Corp: Q1 sales"],
+                [None, None],
+                ["Date", "Customer", "Amount", "Margin", "Paid", "Text Amount", None, "Units", " "],
+                [dt.datetime(2024, 1, 31), "Acme", 1234.5, 0.125, True, "$1,234.56", "late fee", 3, " "],
+                [dt.datetime(2024, 2, 29), " Beta ", 99.99, 0.3, False, "(12.00)", None, 4, "N/A"],
+                [dt.datetime(2024, 3, 1), "N/A", 7, 0.25, None, "-", None, 5],
+            ],
+            "FX": [["Pair", "Rate", "At"], ["EURUSD", 1.08251, dt.datetime(2024, 1, 31, 16, 30)]],
+        },
+        formats={"Q1 Sales": {"D4": "0.0%", "D5": "0.0%"}},
+    )
+
+
+def test_xlsx_sheets_become_tables_with_the_same_cleanup(tmp_path):
+    path = _workbook(tmp_path / "Sales 2024.xlsx")
+    labels = sheet_labels(path, "Sales 2024.xlsx")
+    assert labels == ["Q1 Sales", "FX"]
+    taken: set[str] = set()
+    names = {}
+    for label in labels:
+        names[label] = safe_table_name(label, taken)
+        taken.add(names[label])
+    assert names == {"Q1 Sales": "q1_sales", "FX": "fx"}
+    db = tmp_path / "ws.duckdb"
+    q1, fx = ingest_file(db, path, original_name="Sales 2024.xlsx", table_names=names)
+    assert (q1.table_name, q1.sheet_name, q1.row_count, fx.sheet_name) == ("q1_sales", "Q1 Sales", 3, "FX")
+    assert types(db, "q1_sales") == {
+        "date": "DATE", "customer": "VARCHAR", "amount": "DECIMAL(18,2)", "margin": "DOUBLE", "paid": "BOOLEAN",
+        "text_amount": "DECIMAL(18,2)", "column_7": "VARCHAR", "units": "BIGINT",
+    }
+    assert [(c.name, c.type) for c in q1.columns] == list(types(db, "q1_sales").items())
+    assert query(db, "SELECT * FROM q1_sales") == [
+        (D(2024, 1, 31), "Acme", DEC("1234.50"), 0.125, True, DEC("1234.56"), "late fee", 3),
+        (D(2024, 2, 29), "Beta", DEC("99.99"), 0.3, False, DEC("-12.00"), None, 4),
+        (D(2024, 3, 1), None, DEC("7.00"), 0.25, None, None, None, 5),
+    ]
+    assert "Skipped 1 title row above the header ('ACME Corp: Q1 sales')" in q1.notes
+    assert "Blank header in column 7 named column_7" in q1.notes
+    assert "Dropped 1 empty column with no header" in q1.notes
+    assert types(db, "fx") == {"pair": "VARCHAR", "rate": "DOUBLE", "at_col": "TIMESTAMP"}  # AT is an SQL keyword
+    assert "Header 'At' stored as at_col" in fx.notes
+    assert query(db, "SELECT * FROM fx") == [("EURUSD", 1.08251, dt.datetime(2024, 1, 31, 16, 30))]
+
+
+def test_failure_in_a_later_sheet_rolls_back_every_table(tmp_path, monkeypatch):
+    before = _seed_previous_table(tmp_path)  # table "t" from a CSV
+    path = _workbook(tmp_path / "book.xlsx")
+    real_prepare = ingest._prepare
+
+    def prepare_with_broken_fx(con, source, *args):
+        prepared = real_prepare(con, source, *args)
+        if source.label == "FX":
+            prepared.select_sql = "SELECT * FROM no_such_table"
+        return prepared
+
+    monkeypatch.setattr(ingest, "_prepare", prepare_with_broken_fx)
+    with pytest.raises(IngestError, match=r"^book\.xlsx: could not be stored"):
+        ingest_file(tmp_path / "ws.duckdb", path, original_name="book.xlsx", table_names={"Q1 Sales": "t", "FX": "fx"})
+    # "t" was replaced inside the transaction before FX failed: the rollback restored it.
+    assert _tables(tmp_path / "ws.duckdb") == ["t"]
+    assert query(tmp_path / "ws.duckdb", "SELECT * FROM t") == before
+
+
+def test_unknown_or_empty_worksheet_is_an_error(tmp_path):
+    path = _workbook(tmp_path / "book.xlsx")
+    db = tmp_path / "ws.duckdb"
+    with pytest.raises(IngestError, match=r"^book\.xlsx: worksheet 'Summary' is empty$"):
+        ingest_file(db, path, original_name="book.xlsx", table_names={"FX": "fx", "Summary": "s"})
+    with pytest.raises(IngestError, match=r"^book\.xlsx: no worksheet named 'Nope'$"):
+        ingest_file(db, path, original_name="book.xlsx", table_names={"Nope": "n"})
+    assert not db.exists() or _tables(db) == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "taken", "expected"),
+    [
+        ("Q4 Sales (EUR).csv", set(), "q4_sales_eur"),
+        ("2024 Budget.xlsx", set(), "t_2024_budget"),
+        ("Order", set(), "order_data"),
+        ("select.csv", set(), "select_data"),
+        ("Umsätze Q1", set(), "umsatze_q1"),
+        ("???", set(), "data"),
+        ("Q4 Sales (EUR).csv", {"Q4_SALES_EUR", "q4_sales_eur_2"}, "q4_sales_eur_3"),
+        ("x" * 100, set(), "x" * 60),
+        ("x" * 100, {"x" * 60}, "x" * 58 + "_2"),
+    ],
+)
+def test_safe_table_name(raw, taken, expected):
+    name = safe_table_name(raw, taken)
+    assert name == expected
+    assert re.fullmatch(r"[a-z_][a-z0-9_]{0,59}", name)
+    con = duckdb.connect()
+    try:
+        con.execute(f"CREATE TABLE {name} (x INTEGER)")  # usable unquoted
+    finally:
+        con.close()
+
+
+def test_sheet_labels_for_csv_and_argument_checks(tmp_path):
+    path = write_csv(tmp_path, "us_money.csv")
+    assert sheet_labels(path, "us_money.csv") == [None]
+    with pytest.raises(ValueError, match="date_order"):
+        ingest_file(tmp_path / "ws.duckdb", path, original_name="x.csv", table_names={None: "t"}, date_order="YMD")
+    with pytest.raises(ValueError, match="CSV"):
+        ingest_file(tmp_path / "ws.duckdb", path, original_name="us_money.csv", table_names={"Sheet1": "t"})
+
+
+def test_ingest_waits_for_the_workspace_lock(tmp_path):
+    db = tmp_path / "ws.duckdb"
+    path = write_csv(tmp_path, "notes.tsv")
+    done = threading.Event()
+
+    def run():
+        ingest_file(db, path, original_name="notes.tsv", table_names={None: "t"})
+        done.set()
+
+    with workspace_lock(db):
+        worker = threading.Thread(target=run)
+        worker.start()
+        time.sleep(0.3)
+        assert not done.is_set()  # blocked while an agent connection holds the workspace
+    worker.join(10)
+    assert done.is_set() and query(db, "SELECT count(*) FROM t") == [(3,)]
