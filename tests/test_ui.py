@@ -157,3 +157,21 @@ def test_newcomer_asks_a_sample_question_in_one_click():
     expected = reference_mrr(generate().subscriptions, 2024, 12)
     assert f"MRR in December 2024 was **${expected:,.2f}**." in texts(at)
     assert [b.label for b in at.sidebar.button if b.key and b.key.startswith("thread_")] == ["What was MRR in December 2024?"]
+
+
+def test_delete_source_thread_from_the_ui_keeps_the_fork():
+    use_model(sql_script(["SELECT 1 AS one"], {"answer_markdown": "First answer."}))
+    at = app()
+    at.text_input(key="new_ws_name").set_value("W")
+    at.button(key="create_ws").click().run()
+    at.chat_input[0].set_value("First question").run()
+    [b for b in at.button if b.key and b.key.startswith("fork_")][-1].click().run()
+    assert "Forked from" in texts(at)
+    source = [b for b in at.sidebar.button if b.key and b.key.startswith("thread_") and "(fork)" not in b.label][0]
+    source.click().run()
+    [b for b in at.button if b.key and b.key.startswith("delete_thread_")][0].click().run()
+    assert not at.exception, at.exception
+    threads = [b.label for b in at.sidebar.button if b.key and b.key.startswith("thread_")]
+    assert threads == ["First question (fork)"]
+    at.sidebar.button(key=[b.key for b in at.sidebar.button if b.key and b.key.startswith("thread_")][0]).click().run()
+    assert "First answer." in texts(at) and "First question" in texts(at)

@@ -48,7 +48,10 @@ def render() -> None:
         st.title("New thread")
         st.caption("Ask a question about this workspace's data. Each answer shows its figures, the tables and SQL behind them.")
     else:
-        st.title(thread.title)
+        head_col, menu_col = st.columns([6, 1], vertical_alignment="bottom")
+        head_col.title(thread.title)
+        with menu_col.popover("Thread", icon=":material/more_horiz:"):
+            _thread_menu(thread)
         if thread.forked_from_message_id is not None:
             st.caption(
                 f":material/call_split: Forked from “{thread.forked_from_thread_title}” at message #{thread.forked_from_message_id}. "
@@ -91,6 +94,26 @@ def render() -> None:
             st.error(str(exc))
             return
         _run(thread.id, user_msg, fresh=True)
+
+
+def _thread_menu(thread) -> None:
+    with st.form(f"rename_thread_{thread.id}", border=False):
+        title = st.text_input("Title", value=thread.title, key=f"thread_title_{thread.id}")
+        if st.form_submit_button("Rename", key=f"rename_thread_btn_{thread.id}"):
+            try:
+                with open_session() as session:
+                    threads_svc.rename_thread(session=session, thread_id=thread.id, title=title)
+            except ServiceError as exc:
+                st.error(str(exc))
+            else:
+                st.rerun()
+    st.caption("Deleting a thread keeps every fork made from it whole.")
+    if st.button("Delete thread", icon=":material/delete:", key=f"delete_thread_{thread.id}"):
+        with open_session() as session:
+            threads_svc.delete_thread(session=session, thread_id=thread.id)
+        state.open_thread(None)
+        state.flash(f"Deleted thread “{thread.title}”.", "info")
+        st.rerun()
 
 
 def _frame(session, artifact: Artifact):
