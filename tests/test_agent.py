@@ -29,9 +29,9 @@ def sample(session):
 def mrr_answer(returns):
     value, customers = result_content(returns[-1])["rows"][0]
     return {
-        "answer_markdown": f"MRR in December 2024 was **${value:,.2f}** across {customers} active customers (q{len(returns)}).",
-        "key_figures": [{"label": "MRR, December 2024", "value": value, "unit": "USD", "period": "2024-12", "query": f"q{len(returns)}"}],
-        "queries": [f"q{len(returns)}"],
+        "answer_markdown": f"MRR in December 2024 was **${value:,.2f}** across {customers} active customers (q1).",
+        "key_figures": [{"label": "MRR, December 2024", "value": value, "unit": "USD", "period": "2024-12", "query": "q1"}],
+        "queries": ["q1"],
     }
 
 
@@ -52,7 +52,7 @@ def test_mrr_december_2024_is_right_and_a_bad_query_is_retried(session, sample):
     frame = artifacts_svc.result_frame(session=session, artifact=art)
     assert frame["mrr_usd"].iloc[0] == pytest.approx(expected, abs=0.005)
     assert frame["active_customers"].iloc[0] == reference_active_customers(subs, 2024, 12)
-    assert art.handle == "q2" and art.sql == MRR_SQL and art.title == "Step 2"
+    assert art.handle == "q1" and art.sql == MRR_SQL and art.title == "Step 2"  # the failed query got no handle
     (read,) = artifacts_svc.datasets_read(art)
     subs_ds = next(d for d in list_datasets(session=session, workspace_id=ws.id) if d.table_name == "subscriptions")
     assert (read["table"], read["sha256"], read["source"]) == ("subscriptions", subs_ds.sha256, "subscriptions.csv")

@@ -85,6 +85,9 @@ def test_fork_is_isolated_both_ways_and_survives_source_delete(session):
     seen: list = []
     f3 = turns.ask(session=session, thread_id=fork.id, content="Q3 in fork", model=sql_script(["SELECT 3 AS x"], seen=seen))
     assert prompts_seen(seen[0]) == ["Q1", "Q3 in fork"]
+    # Result handles continue along each path: the fork's q2 and the source's q2 are different results.
+    handles = artifacts_svc.artifacts_by_message(session=session, message_ids=[a1.id, a2.id, f3.id])
+    assert [handles[m.id][0].handle for m in (a1, a2, f3)] == ["q1", "q2", "q2"]
     s3 = turns.ask(session=session, thread_id=source.id, content="Q4 in source", model=sql_script(["SELECT 4 AS x"]))
 
     fork_conv = [m.content for m in threads_svc.conversation(session=session, thread_id=fork.id) if m.role == "user"]

@@ -8,6 +8,7 @@ one sandboxed SELECT at a time is ever executed.
 from __future__ import annotations
 
 import re
+import uuid
 from datetime import date
 from functools import lru_cache
 from typing import Any
@@ -105,19 +106,21 @@ def build_agent() -> Agent[AgentDeps, FinalAnswer | Clarification]:
             purpose: What this query computes, in a few words (shown to the analyst as its title).
             sql: Exactly one SELECT statement (WITH ... SELECT allowed) in DuckDB SQL.
         """
-        handle = ctx.deps.next_handle()
         limits = ctx.deps.limits
+        pending = ctx.deps.run_dir / f"pending-{uuid.uuid4().hex}.parquet"
         try:
             run = run_query(
                 ctx.deps.db_path,
                 sql,
-                parquet_path=ctx.deps.run_dir / f"{handle}.parquet",
+                parquet_path=pending,
                 timeout_s=limits.timeout_s,
                 rows_to_model=limits.rows_to_model,
                 result_row_limit=limits.result_row_limit,
             )
         except QueryError as exc:
             raise ModelRetry(f"The query failed: {exc}") from exc
+        handle = ctx.deps.next_handle()  # only results get handles, so they read q1, q2, ... without gaps
+        run.parquet_path = pending.rename(ctx.deps.run_dir / f"{handle}.parquet")
         ctx.deps.add_result(QueryResultRecord(handle=handle, purpose=purpose.strip() or handle, sql=sql, run=run))
         return {
             "result": handle,

@@ -53,12 +53,16 @@ class AgentDeps:
     datasets: list[DatasetRef]
     limits: SqlLimits = field(default_factory=SqlLimits)
     results: list[QueryResultRecord] = field(default_factory=list)
+    first_handle: int = 1
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def next_handle(self) -> str:
-        """The next result handle, q1, q2, ... (safe when tools run concurrently)."""
+        """The next result handle, q<first_handle>, ... (safe when tools run concurrently).
+
+        Handles continue along the conversation's path, so no two results the model sees share one.
+        """
         with self._lock:
-            self._counter = getattr(self, "_counter", 0) + 1
+            self._counter = getattr(self, "_counter", self.first_handle - 1) + 1
             return f"q{self._counter}"
 
     def add_result(self, record: QueryResultRecord) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter
 from pydantic_ai.models import Model
 from pydantic_ai.usage import UsageLimits
-from sqlmodel import Session, select
+from sqlmodel import Session, func, select
 
 from cfo_desk.agent.deps import AgentDeps, DatasetRef, SqlLimits
 from cfo_desk.agent.outputs import Clarification, FinalAnswer
@@ -121,6 +121,8 @@ def answer(
         raise NotFound("That question is not part of this thread.")
     ws = session.get(Workspace, thread.workspace_id)
     history = model_history(session=session, message_id=user_msg.parent_id)
+    on_path = [m.id for m in messages_on_path(session=session, message_id=user_msg.id)]
+    results_so_far = session.exec(select(func.count()).select_from(Artifact).where(Artifact.message_id.in_(on_path))).one()
     run_rel = f"artifacts/run-{uuid.uuid4().hex[:16]}"
     run_dir = workspace_dir(ws.key) / run_rel
     datasets = _dataset_refs(session, ws.id)
@@ -131,6 +133,7 @@ def answer(
         db_path=duckdb_path(ws.key),
         run_dir=run_dir,
         datasets=datasets,
+        first_handle=results_so_far + 1,
         limits=SqlLimits(settings.cfo_desk_sql_timeout, settings.cfo_desk_sql_rows_to_model, settings.cfo_desk_sql_result_row_limit),
     )
     limits = UsageLimits(request_limit=settings.cfo_desk_request_limit, tool_calls_limit=settings.cfo_desk_tool_calls_limit)

@@ -7,7 +7,7 @@ import streamlit as st
 from cfo_desk.services import artifacts as artifacts_svc
 from cfo_desk.services.session import open_session
 from cfo_desk.ui import state
-from cfo_desk.ui.format import short_hash
+from cfo_desk.ui.format import column_config, for_display, short_hash
 
 
 def render() -> None:
@@ -35,5 +35,6 @@ def render() -> None:
                 except Exception as exc:  # a missing file is reported, not fatal
                     st.warning(str(exc))
                     continue
-            st.dataframe(frame.head(200), hide_index=True)
+            shown = for_display(frame.head(200))
+            st.dataframe(shown, hide_index=True, column_config=column_config(shown))
             st.download_button("Download CSV", artifacts_svc.to_safe_csv(frame), file_name=f"result-{art.id}.csv", mime="text/csv", key=f"art_csv_{art.id}")

@@ -16,7 +16,7 @@ from cfo_desk.services.artifacts import Artifact
 from cfo_desk.services.threads import Message, MessageStatus, Role
 from cfo_desk.services.turns import Progress
 from cfo_desk.ui import state
-from cfo_desk.ui.format import column_config, figure, short_hash
+from cfo_desk.ui.format import column_config, figure, for_display, short_hash
 
 
 def render() -> None:
@@ -215,7 +215,8 @@ def _result(art: Artifact, frame) -> None:
         if isinstance(frame, str):
             st.warning(frame)
         else:
-            st.dataframe(frame, hide_index=True, column_config=column_config(frame), key=f"df_{art.id}")
+            shown = for_display(frame)
+            st.dataframe(shown, hide_index=True, column_config=column_config(shown), key=f"df_{art.id}")
         left, right = st.columns([4, 1])
         with left.expander("SQL"):
             st.code(art.sql or "", language="sql")
@@ -233,7 +234,7 @@ def _result(art: Artifact, frame) -> None:
 
 
 def _message_footer(msg: Message, thread_id: int) -> None:
-    cols = st.columns([1, 5])
+    cols = st.columns([1, 5], vertical_alignment="center")
     if cols[0].button("Fork from here", key=f"fork_{msg.id}", icon=":material/call_split:", type="tertiary"):
         with open_session() as session:
             fork = threads_svc.fork_thread(session=session, thread_id=thread_id, message_id=msg.id)

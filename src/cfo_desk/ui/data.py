@@ -8,7 +8,7 @@ from cfo_desk.services import datasets as datasets_svc
 from cfo_desk.services.errors import ServiceError
 from cfo_desk.services.session import open_session
 from cfo_desk.ui import state
-from cfo_desk.ui.format import column_config, human_bytes
+from cfo_desk.ui.format import column_config, for_display, human_bytes
 
 
 def render() -> None:
@@ -51,6 +51,7 @@ def render() -> None:
             st.rerun()
 
     st.subheader("First rows")
+    head = for_display(head)
     st.dataframe(head, hide_index=True, column_config=column_config(head))
     st.subheader("Column profile")
     st.dataframe(profile, hide_index=True, column_config=column_config(profile))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pandas as pd
 import streamlit as st
 
@@ -33,6 +35,18 @@ def figure(value: float, unit: str) -> str:
     if float(value).is_integer():
         return f"{value:,.0f} {unit_l}".strip()
     return f"{value:,.2f} {unit_l}".strip()
+
+
+def for_display(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy with exact DECIMAL columns (Python Decimal objects) as float64, so they get number
+    formats in the grid. Downloads keep the exact values: this is for display only."""
+    out = df.copy()
+    for col in out.columns:
+        if out[col].dtype == object:
+            sample = out[col].dropna()
+            if len(sample) and all(isinstance(v, Decimal) for v in sample.head(100)):
+                out[col] = out[col].astype("float64")
+    return out
 
 
 def column_config(df: pd.DataFrame) -> dict:

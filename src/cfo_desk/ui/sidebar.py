@@ -147,29 +147,37 @@ def _ingest_one(ws_id: int, name: str, data: bytes, on_conflict: str, pending: l
     else:
         for ds in made:
             text = f"Loaded **{ds.source_filename}**{f' [{ds.sheet_name}]' if ds.sheet_name else ''} as `{ds.table_name}` ({ds.row_count:,} rows)."
-            notes = datasets_svc.dataset_notes(ds)
-            if notes:
-                text += "\n" + "\n".join(f"- {n}" for n in notes)
-            st.session_state.setdefault("_upload_msgs", []).append(("success", text, ds.id if ds.date_order else None))
+            st.session_state.setdefault("_upload_msgs", []).append(("success", text, ds.id))
 
 
 def _upload_messages() -> None:
     msgs = st.session_state.get("_upload_msgs", [])
-    for i, (kind, text, date_ds) in enumerate(msgs):
+    for i, (kind, text, dataset_id) in enumerate(msgs):
         getattr(st, kind)(text)
-        if date_ds is not None:
-            _date_order_switch(date_ds, key=f"dos_{i}")
-    if msgs and st.button("Dismiss", key="dismiss_uploads", type="tertiary"):
+        if dataset_id is not None:
+            _ingest_notes(dataset_id, key=f"dos_{i}")
+    if msgs and st.button("Dismiss", key="dismiss_uploads", icon=":material/close:", width="stretch"):
         st.session_state.pop("_upload_msgs", None)
         st.rerun()
 
 
-def _date_order_switch(dataset_id: int, key: str) -> None:
+def _ingest_notes(dataset_id: int, key: str) -> None:
+    """What ingest noticed about a fresh dataset (folded), and the date-order switch when assumed."""
     with open_session() as session:
         try:
             ds = datasets_svc.get_dataset(session=session, dataset_id=dataset_id)
         except ServiceError:
             return
+    notes = datasets_svc.dataset_notes(ds)
+    if notes:
+        with st.expander(f"What ingest noticed ({len(notes)})", expanded=bool(ds.date_order)):
+            st.markdown("\n".join(f"- {n}" for n in notes))
+    if ds.date_order:
+        _date_order_switch(ds, key)
+
+
+def _date_order_switch(ds, key: str) -> None:
+    dataset_id = ds.id
     cols = ", ".join(datasets_svc.ambiguous_date_columns(ds)) or "dates"
     current = ds.date_order or "MDY"
     other = "MDY" if current == "DMY" else "DMY"

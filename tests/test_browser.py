@@ -1,0 +1,347 @@
+"""The key journey in a real browser: `streamlit run` + Debian chromium (Playwright) + a stub model.
+
+Mirrors test_ui.test_journey_create_upload_ask_fork, but through the real frontend: create a workspace,
+upload a CSV, ask, fork from the answer, ask in the fork, go back to the source thread. The model is
+tests/stub_openai.py served in-process on 127.0.0.1; the app subprocess reaches it via OPENAI_BASE_URL.
+Screenshots go to <repo>/test-artifacts/ (gitignored); the README uses journey-answer.png.
+
+Run: .venv/bin/pytest -q tests/test_browser.py   (select/deselect with -m browser / -m "not browser").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+try:  # rootdir-relative import when tests/ is a plain directory (pytest's default "prepend" mode)
+    from stub_openai import Reply, StubOpenAIServer, ToolCall
+except ImportError:  # pragma: no cover - tests/ turned into a package
+    from tests.stub_openai import Reply, StubOpenAIServer, ToolCall
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+STREAMLIT = REPO / ".venv" / "bin" / "streamlit"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+REVENUE_CSV = "month;region;revenue\n2024-10-01;EMEA;1.200,50\n2024-11-01;EMEA;1.300,25\n2024-12-01;EMEA;1.450,00\n2024-12-01;APAC;800,00\n"
+QUESTION_1 = "What was revenue in December 2024?"
+QUESTION_2 = "How many rows?"
+ANSWER_1 = "December revenue was 2,250.00 EUR."
+ANSWER_2 = "There are 4 revenue rows."
+
+STARTUP_TIMEOUT_S = 60
+UI_TIMEOUT_MS = 20_000  # one rerun or agent turn (two stub requests) takes ~1-3 s; generous for loaded machines
+
+
+# --------------------------------------------------------------------------- the stub model
+
+
+def _text(content: Any) -> str:
+    """A chat message's ``content`` (str, list of parts or None) as text."""
+    if isinstance(content, list):
+        return "\n".join(str(p.get("text", "")) if isinstance(p, dict) else str(p) for p in content)
+    return "" if content is None else str(content)
+
+
+def _called_tool(messages: list[dict[str, Any]], call_id: str | None) -> str | None:
+    """The function name of the assistant tool call ``call_id``."""
+    for msg in reversed(messages):
+        for call in msg.get("tool_calls") or []:
+            if call.get("id") == call_id:
+                return (call.get("function") or {}).get("name")
+    return None
+
+
+def _final_answer_tool(request: dict[str, Any]) -> str:
+    """pydantic-ai's FinalAnswer output tool (``final_result_FinalAnswer``) from the request's tools."""
+    names = [(t.get("function") or {}).get("name", "") for t in request.get("tools") or []]
+    finals = [n for n in names if n.startswith("final_result")]
+    return next((n for n in finals if "FinalAnswer" in n), finals[0] if finals else "final_result")
+
+
+def journey_policy(request: dict[str, Any]) -> Reply:
+    """User question -> one run_sql chosen by the question; run_sql result -> FinalAnswer from its rows."""
+    messages: list[dict[str, Any]] = request.get("messages") or []
+    last = messages[-1] if messages else {}
+    if last.get("role") == "user":
+        question = _text(last.get("content"))
+        if "December" in question:
+            sql = "SELECT sum(revenue) AS total FROM revenue WHERE month = DATE '2024-12-01'"
+            purpose = "December 2024 revenue"
+        elif "rows" in question:
+            sql = "SELECT count(*) AS n FROM revenue"
+            purpose = "Revenue rows"
+        else:
+            return Reply(text=f"stub: no script for {question!r}")
+        return Reply(tool_calls=[ToolCall("run_sql", {"purpose": purpose, "sql": sql})])
+
+    if last.get("role") == "tool" and _called_tool(messages, last.get("tool_call_id")) == "run_sql":
+        content = _text(last.get("content"))
+        try:
+            result = json.loads(content)
+            value = result["rows"][0][0]
+            column = result["columns"][0]
+        except (ValueError, KeyError, IndexError, TypeError):
+            # A refused/failed query (ModelRetry text): surface it in the app, so the test says why.
+            answer = f"stub: run_sql did not return rows: {content[:300]}"
+        else:
+            name = column.get("name") if isinstance(column, dict) else column
+            if name == "total":
+                answer = f"December revenue was {float(value):,.2f} EUR."
+            else:
+                answer = f"There are {int(value)} revenue rows."
+        return Reply(tool_calls=[ToolCall(_final_answer_tool(request), {"answer_markdown": answer})])
+
+    return Reply(text="stub: nothing to do")
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def chromium() -> str:
+    """Debian's chromium (Playwright cannot download its own browser here); checked before the app starts."""
+    path = shutil.which("chromium")
+    reason = "chromium not found on PATH; install chromium: apt-get install -y chromium"
+    try:
+        import playwright.sync_api  # noqa: F401 - the dev extra
+    except ImportError:
+        path, reason = None, "the playwright package is missing: pip install -e '.[dev]'"
+    if path:
+        return path
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _log_tail(path: Path, chars: int = 4000) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return "<no log>"
+
+
+@pytest.fixture
+def stub() -> Iterator[StubOpenAIServer]:
+    with StubOpenAIServer(policy=journey_policy) as server:
+        yield server
+
+
+@pytest.fixture
+def app_url(stub: StubOpenAIServer, home: Path, tmp_path: Path) -> Iterator[str]:
+    """`streamlit run app.py` on a free port with a fresh home and the stub as its model; its URL."""
+    if not STREAMLIT.exists():
+        pytest.fail(f"{STREAMLIT} is missing: run `make install` first")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL" and not k.startswith("STUB_")}
+    env.update(
+        CFO_DESK_HOME=str(home),
+        CFO_DESK_MODEL="openai-chat:stub-model",
+        OPENAI_BASE_URL=stub.base_url,
+        OPENAI_API_KEY="test-key",
+        NO_PROXY="127.0.0.1,localhost",
+        no_proxy="127.0.0.1,localhost",
+    )
+    log_path = tmp_path / "streamlit.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [
+                str(STREAMLIT), "run", str(REPO / "app.py"),
+                "--server.port", str(port),
+                "--server.address", "127.0.0.1",
+                "--server.headless", "true",
+                "--browser.gatherUsageStats", "false",
+                # Others edit src/ while tests run: a watcher would drop changed modules mid-test and
+                # re-import them (SQLModel then fails "Table 'workspace' is already defined").
+                "--server.fileWatcherType", "none",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"streamlit exited with {proc.returncode} before it was healthy:\n{_log_tail(log_path)}")
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as resp:
+                    if resp.status == 200 and resp.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"streamlit was not healthy after {STARTUP_TIMEOUT_S} s:\n{_log_tail(log_path)}")
+            time.sleep(0.25)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        # Captured by pytest and shown only when the test fails.
+        print(f"--- streamlit log ({log_path}) ---\n{_log_tail(log_path)}")
+        print(f"--- stub model: {len(stub.requests)} request(s) ---")
+
+
+# --------------------------------------------------------------------------- the test
+
+
+def test_journey_in_browser(chromium: str, app_url: str, stub: StubOpenAIServer, tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    csv_path = tmp_path / "revenue.csv"
+    csv_path.write_text(REVENUE_CSV)
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "journey-failure.png").unlink(missing_ok=True)
+    expect.set_options(timeout=UI_TIMEOUT_MS)
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.set_viewport_size({"width": 1400, "height": 900})
+            page.set_default_timeout(UI_TIMEOUT_MS)
+            # No request may leave 127.0.0.1 (fonts, telemetry, ...): abort anything else.
+            page.route(re.compile(r"^(?!https?://127\.0\.0\.1[:/]).*"), lambda route: route.abort())
+            try:
+                _journey(page, app_url, csv_path, expect)
+            except Exception:
+                page.screenshot(path=str(ARTIFACTS / "journey-failure.png"), full_page=True)
+                raise
+        finally:
+            browser.close()
+
+    # Two model requests per turn: question -> run_sql, run_sql result -> FinalAnswer.
+    assert len(stub.requests) == 4, [r["messages"][-1] for r in stub.requests]
+
+
+# Counts finished script runs: the frontend sets stApp's data-test-script-state to "running" while the
+# script runs and back to "notRunning" after it. Waiting for "a run started and ended after my action"
+# beats polling the attribute alone, which may still say "notRunning" before the rerun begins.
+_WATCH_RUNS = """() => {
+  const app = document.querySelector('[data-testid="stApp"]');
+  if (window.__runWatch !== app) {
+    window.__runWatch = app;
+    window.__runsDone = 0;
+    let running = app.getAttribute('data-test-script-state') === 'running';
+    new MutationObserver(() => {
+      const now = app.getAttribute('data-test-script-state') === 'running';
+      if (running && !now) window.__runsDone += 1;
+      running = now;
+    }).observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
+  }
+  return window.__runsDone;
+}"""
+
+# A run that ends in st.rerun / st.switch_page is followed by another: "settled" also needs no element
+# left stale (data-stale="true": drawn by an earlier run, not yet redrawn or removed by this one).
+_SETTLED = """n => window.__runsDone > n
+  && document.querySelector('[data-testid="stApp"]').getAttribute('data-test-script-state') === 'notRunning'
+  && !document.querySelector('[data-stale="true"]')"""
+
+
+def _journey(page, url: str, csv_path: Path, expect) -> None:
+    sidebar = page.get_by_test_id("stSidebar")
+    # data-testid stMain, or stAppScrollToBottomContainer once the page has a chat input.
+    main = page.get_by_role("main")
+    composer = page.get_by_test_id("stChatInput").locator("textarea")
+
+    def rerun(action) -> None:
+        """Do `action` and wait until a script run started after it has finished."""
+        before = page.evaluate(_WATCH_RUNS)
+        action()
+        page.wait_for_function(_SETTLED, arg=before, timeout=UI_TIMEOUT_MS)
+
+    def ask(question: str) -> None:
+        composer.fill(question)
+        composer.press("Enter")
+
+    # 1. Empty install: offers the sample; create a workspace from the "New workspace" popover.
+    page.goto(url)
+    expect(sidebar.get_by_role("button", name="Load sample workspace")).to_be_visible(timeout=30_000)
+    sidebar.get_by_role("button", name="New workspace").click()
+    name_box = page.get_by_role("textbox", name="Name")
+    expect(name_box).to_be_visible()
+    name_box.fill("Acme FP&A")
+    rerun(page.get_by_role("button", name="Create").click)
+    expect(sidebar.get_by_role("combobox", name="Workspace")).to_have_value("Acme FP&A")
+    expect(sidebar.get_by_role("button", name="Load sample workspace")).to_have_count(0)
+
+    # 2. Upload the CSV (European number format) through the sidebar's file input.
+    rerun(lambda: sidebar.locator("input[type=file]").set_input_files(str(csv_path)))
+    expect(sidebar.get_by_text(re.compile(r"Loaded\s+revenue\.csv\s+as\s+revenue\s+\(4 rows\)"))).to_be_visible()
+    expect(sidebar.get_by_text(re.compile(r"revenue\s*· 4 rows"))).to_be_visible()  # the Datasets list
+
+    # 3. New thread, ask; the answer, its table and its SQL appear.
+    rerun(sidebar.get_by_role("button", name="New thread").click)
+    expect(main.get_by_role("heading", name="New thread")).to_be_visible()
+    rerun(lambda: ask(QUESTION_1))
+    expect(main.get_by_text(ANSWER_1)).to_have_count(1)
+    expect(main.get_by_text(ANSWER_1)).to_be_visible()
+    expect(main.get_by_role("heading", name=QUESTION_1)).to_be_visible()  # the question names the thread
+    expect(main.get_by_test_id("stDataFrame")).to_have_count(1)
+    expect(main.get_by_test_id("stDataFrame")).to_be_visible()
+    expect(main.get_by_test_id("stExpander").filter(has_text="SQL")).to_have_count(1)
+    expect(main.get_by_test_id("stException")).to_have_count(0)
+    expect(page).to_have_url(re.compile(r"[?&]thread=\d+"))
+    page.wait_for_timeout(300)  # let the data grid paint its canvas before the screenshot
+    page.screenshot(path=str(ARTIFACTS / "journey-answer.png"), full_page=True)
+
+    # 4. Fork from the answer: the fork shows its lineage and the earlier answer.
+    rerun(main.get_by_role("button", name="Fork from here").last.click)
+    expect(main.get_by_text("Forked from")).to_be_visible()
+    expect(main.get_by_role("heading", name=f"{QUESTION_1} (fork)")).to_be_visible()
+    expect(main.get_by_text(ANSWER_1)).to_have_count(1)
+    expect(main.get_by_text(ANSWER_1)).to_be_visible()
+    page.screenshot(path=str(ARTIFACTS / "journey-forked.png"), full_page=True)
+
+    # 5. Ask something else in the fork.
+    rerun(lambda: ask(QUESTION_2))
+    expect(main.get_by_text(ANSWER_2)).to_have_count(1)
+    expect(main.get_by_text(ANSWER_2)).to_be_visible()
+    expect(main.get_by_text(ANSWER_1)).to_have_count(1)
+    expect(main.get_by_text(ANSWER_1)).to_be_visible()
+    expect(main.get_by_test_id("stDataFrame")).to_have_count(2)
+    page.screenshot(path=str(ARTIFACTS / "journey-fork.png"), full_page=True)
+
+    # 6. Back in the source thread: its answer, and not the fork's turn.
+    source = sidebar.get_by_role("button", name=QUESTION_1).filter(has_not_text="(fork)")
+    expect(source).to_have_count(1)
+    rerun(source.click)
+    expect(main.get_by_role("heading", name=QUESTION_1, exact=True)).to_be_visible()
+    expect(main.get_by_text("Forked from")).to_have_count(0)
+    expect(main.get_by_text(ANSWER_1)).to_have_count(1)
+    expect(main.get_by_text(ANSWER_1)).to_be_visible()
+    expect(main.get_by_text(ANSWER_2)).to_have_count(0)
+    expect(main.get_by_test_id("stDataFrame")).to_have_count(1)
+    page.screenshot(path=str(ARTIFACTS / "journey-source.png"), full_page=True)
