@@ -84,7 +84,8 @@ def upload_file(
     """Keep and ingest one uploaded file; returns its datasets (one per CSV, one per worksheet).
 
     on_conflict: when datasets from a file of the same name exist, "ask" raises DuplicateUpload,
-    "replace" re-uses their table names (and drops their tables the new file no longer has),
+    "replace" re-uses the table names of the newest of them per worksheet (and drops their tables
+    the new file no longer has; older copies kept with "keep both" stay),
     "keep_both" ingests beside them under new names. Raises InvalidInput for empty or oversized
     files and ingest.IngestError (file name + problem) for files that can't be read.
     """
@@ -97,7 +98,12 @@ def upload_file(
     existing = list(session.exec(select(Dataset).where(Dataset.workspace_id == ws.id, Dataset.source_filename == original)))
     if existing and on_conflict == "ask":
         raise DuplicateUpload(original, existing)
-    replacing = existing if on_conflict == "replace" else []
+    replacing: list[Dataset] = []
+    if on_conflict == "replace":  # the newest dataset per worksheet (after "keep both" there may be several)
+        newest: dict[str | None, Dataset] = {}
+        for d in sorted(existing, key=lambda d: (d.created_at, d.id)):
+            newest[d.sheet_name] = d
+        replacing = list(newest.values())
 
     sha = hashlib.sha256(data).hexdigest()
     rel = f"uploads/{sha[:12]}-{_safe_filename(original)}"

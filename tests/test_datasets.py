@@ -1,0 +1,103 @@
+"""Dataset services on real SQLite, DuckDB and files: upload, workbooks, conflicts, failures, delete."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import duckdb
+import pytest
+from messy_files import write_xlsx
+
+from cfo_desk.analytics.ingest import IngestError
+from cfo_desk.services import datasets as ds_svc
+from cfo_desk.services import workspaces as ws_svc
+from cfo_desk.services.errors import InvalidInput
+from cfo_desk.storage.files import duckdb_path, workspace_dir
+
+CSV = b"invoice_date,customer,amount\n03/04/2024,Acme,\"$1,200.50\"\n05/06/2024,Beta,(300.25)\n"
+
+
+def table_rows(ws, table):
+    with duckdb.connect(str(duckdb_path(ws.key)), read_only=True) as con:
+        return con.execute(f'SELECT * FROM "{table}" ORDER BY ALL').fetchall()
+
+
+def uploads(ws):
+    folder = workspace_dir(ws.key) / "uploads"
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+@pytest.fixture
+def ws(session):
+    return ws_svc.create_workspace(session=session, name="Close")
+
+
+def test_csv_upload_records_provenance_and_types(session, ws):
+    (d,) = ds_svc.upload_file(session=session, workspace_id=ws.id, filename="Q1 Invoices.csv", data=CSV)
+    assert (d.table_name, d.source_filename, d.row_count, d.size_bytes) == ("q1_invoices", "Q1 Invoices.csv", 2, len(CSV))
+    import hashlib
+
+    assert d.sha256 == hashlib.sha256(CSV).hexdigest()
+    assert ds_svc.dataset_columns(d) == [
+        {"name": "invoice_date", "type": "DATE"}, {"name": "customer", "type": "VARCHAR"}, {"name": "amount", "type": "DECIMAL(18,2)"},
+    ]
+    assert (workspace_dir(ws.key) / d.file_path).read_bytes() == CSV  # the original is kept as uploaded
+    # 03/04 and 05/06 fit both orders: the assumed order is recorded and can be switched.
+    assert d.date_order == "MDY" and ds_svc.ambiguous_date_columns(d) == ["invoice_date"]
+    assert [r[0] for r in table_rows(ws, "q1_invoices")] == [date(2024, 3, 4), date(2024, 5, 6)]
+    d = ds_svc.set_date_order(session=session, dataset_id=d.id, date_order="DMY")
+    assert d.date_order == "DMY"
+    assert [r[0] for r in table_rows(ws, "q1_invoices")] == [date(2024, 4, 3), date(2024, 6, 5)]
+    assert [float(r[2]) for r in table_rows(ws, "q1_invoices")] == [1200.50, -300.25]
+    profile = ds_svc.dataset_profile(session=session, dataset_id=d.id)
+    assert profile.set_index("column").loc["amount", "min"] == "-300.25"
+    assert len(ds_svc.dataset_preview(session=session, dataset_id=d.id)) == 2
+
+
+def test_workbook_sheets_become_datasets(session, ws, tmp_path):
+    path = write_xlsx(tmp_path / "Board Pack.xlsx", {"P&L": [["month", "revenue"], [date(2024, 1, 1), 100.5], [date(2024, 2, 1), 200.25]], "Headcount": [["team", "fte"], ["Sales", 4], ["R&D", 7]]})
+    made = ds_svc.upload_file(session=session, workspace_id=ws.id, filename="Board Pack.xlsx", data=path.read_bytes())
+    assert sorted((d.sheet_name, d.table_name, d.row_count) for d in made) == [
+        ("Headcount", "board_pack_headcount", 2), ("P&L", "board_pack_p_and_l", 2),
+    ]
+    assert table_rows(ws, "board_pack_headcount") == [("R&D", 7), ("Sales", 4)]
+
+
+def test_same_name_asks_then_replace_or_keep_both(session, ws):
+    ds_svc.upload_file(session=session, workspace_id=ws.id, filename="sales.csv", data=b"a,b\n1,2\n")
+    with pytest.raises(ds_svc.DuplicateUpload, match="Replace it, or keep both"):
+        ds_svc.upload_file(session=session, workspace_id=ws.id, filename="sales.csv", data=b"a,b\n3,4\n")
+    (both,) = ds_svc.upload_file(session=session, workspace_id=ws.id, filename="sales.csv", data=b"a,b\n3,4\n", on_conflict="keep_both")
+    assert both.table_name == "sales_2" and table_rows(ws, "sales") == [(1, 2)]
+    first_files = uploads(ws)
+    assert len(first_files) == 2
+    replaced = ds_svc.upload_file(session=session, workspace_id=ws.id, filename="sales.csv", data=b"a,b\n5,6\n7,8\n", on_conflict="replace")
+    # Replace targets the newest copy; the older one kept with "keep both" stays as it was.
+    assert [(d.id, d.table_name, d.row_count) for d in replaced] == [(both.id, "sales_2", 2)]
+    assert table_rows(ws, "sales") == [(1, 2)] and table_rows(ws, "sales_2") == [(5, 6), (7, 8)]
+    assert len(ds_svc.list_datasets(session=session, workspace_id=ws.id)) == 2
+    assert len(uploads(ws)) == 2 and uploads(ws) != first_files  # the replaced original is gone, the new one kept
+
+
+def test_failed_upload_leaves_nothing_and_keeps_the_old_table(session, ws):
+    ds_svc.upload_file(session=session, workspace_id=ws.id, filename="sales.csv", data=b"a,b\n1,2\n")
+    before_files = uploads(ws)
+    with pytest.raises(IngestError, match=r"^sales\.csv: .*row"):
+        ds_svc.upload_file(session=session, workspace_id=ws.id, filename="sales.csv", data=b"a,b\n1,2\n3,4,5,6\n", on_conflict="replace")
+    assert table_rows(ws, "sales") == [(1, 2)]
+    assert uploads(ws) == before_files
+    (d,) = ds_svc.list_datasets(session=session, workspace_id=ws.id)
+    assert d.row_count == 1
+    with pytest.raises(IngestError, match="broken.xlsx"):
+        ds_svc.upload_file(session=session, workspace_id=ws.id, filename="broken.xlsx", data=b"not a zip")
+    with pytest.raises(InvalidInput, match="empty.csv: the file is empty"):
+        ds_svc.upload_file(session=session, workspace_id=ws.id, filename="empty.csv", data=b"")
+    assert uploads(ws) == before_files and len(ds_svc.list_datasets(session=session, workspace_id=ws.id)) == 1
+
+
+def test_delete_dataset_drops_table_and_file(session, ws):
+    (d,) = ds_svc.upload_file(session=session, workspace_id=ws.id, filename="sales.csv", data=b"a,b\n1,2\n")
+    ds_svc.delete_dataset(session=session, dataset_id=d.id)
+    assert ds_svc.list_datasets(session=session, workspace_id=ws.id) == [] and uploads(ws) == []
+    with duckdb.connect(str(duckdb_path(ws.key)), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM duckdb_tables()").fetchone() == (0,)
