@@ -179,3 +179,16 @@ def test_provider_errors_are_readable(session, sample, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "x")
     down = turns.answer(session=session, thread_id=thread.id, user_message_id=bad_key.parent_id, model="openai-chat:stub-model")
     assert down.status == "failed" and "Could not reach the model server" in down.error
+
+
+@pytest.mark.parametrize(
+    ("status", "words"),
+    [(401, "rejected the API key"), (429, "rate-limiting"), (500, "HTTP 500 (upstream exploded)"), (404, "HTTP 404")],
+)
+def test_provider_http_errors_read_as_sentences(status, words):
+    from pydantic_ai.exceptions import ModelHTTPError
+
+    from cfo_desk.agent.runner import readable_error
+
+    text = readable_error(ModelHTTPError(status_code=status, model_name="m", body={"message": "upstream exploded"}))
+    assert words in text and "status_code:" not in text and text.endswith(".")

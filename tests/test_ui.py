@@ -175,3 +175,19 @@ def test_delete_source_thread_from_the_ui_keeps_the_fork():
     assert threads == ["First question (fork)"]
     at.sidebar.button(key=[b.key for b in at.sidebar.button if b.key and b.key.startswith("thread_")][0]).click().run()
     assert "First answer." in texts(at) and "First question" in texts(at)
+
+
+def test_delete_workspace_confirms_and_says_what_goes():
+    at = app()
+    at.button(key="load_sample").click().run()
+    at.button(key="delete_ws").click().run()
+    assert not at.exception, at.exception
+    shown = texts(at)
+    assert "Delete **Sample SaaS company** for good?" in shown and "4 dataset(s)" in shown
+    at.button(key="cancel_delete_ws").click().run()
+    assert "for good?" not in texts(at) and at.sidebar.selectbox[0].value is not None
+    at.button(key="delete_ws").click().run()
+    at.button(key="confirm_delete_ws").click().run()
+    assert not at.exception, at.exception
+    assert at.button(key="load_sample")  # back to the empty install
+    assert "Deleted workspace" in "\n".join(i.value for i in at.info)

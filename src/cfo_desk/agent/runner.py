@@ -73,7 +73,8 @@ def readable_error(exc: BaseException) -> str:
     if isinstance(exc, ModelConnectionError):
         return f"Could not reach the model server ({exc}). Check that it is running and that OPENAI_BASE_URL or the provider URL is right, then retry."
     if isinstance(exc, ModelHTTPError):
-        return f"The model provider answered with HTTP {exc.status_code}: {str(exc)[:300]}. Retry, or check the model name."
+        body = exc.body.get("message", exc.body) if isinstance(exc.body, dict) else exc.body
+        return f"The model provider answered with HTTP {exc.status_code} ({str(body)[:300]}). Retry, or check the model name."
     if isinstance(exc, ModelAPIError):
         return f"The model provider returned an error: {str(exc)[:300]}. Retry in a moment."
     if isinstance(exc, UsageLimitExceeded):

@@ -81,7 +81,10 @@ def _workspace_picker(all_ws, ws_id: int | None) -> None:
                 else:
                     st.rerun()
         if st.button("Delete workspace…", icon=":material/delete:", type="secondary", key="delete_ws"):
-            _confirm_delete_workspace(ws_id)
+            st.session_state["_confirm_delete_ws"] = ws_id
+    # A flag, not the button's value, keeps the dialog open across reruns until Delete, Cancel or dismiss.
+    if st.session_state.get("_confirm_delete_ws") == ws_id:
+        _confirm_delete_workspace(ws_id)
 
 
 def _load_sample_again() -> None:
@@ -91,7 +94,11 @@ def _load_sample_again() -> None:
     state.flash(f"Loaded “{ws.name}”.")
 
 
-@st.dialog("Delete workspace")
+def _close_delete_dialog() -> None:
+    st.session_state.pop("_confirm_delete_ws", None)
+
+
+@st.dialog("Delete workspace", on_dismiss=_close_delete_dialog)
 def _confirm_delete_workspace(ws_id: int) -> None:
     with open_session() as session:
         ws = workspaces_svc.get_workspace(session=session, workspace_id=ws_id)
@@ -102,13 +109,15 @@ def _confirm_delete_workspace(ws_id: int) -> None:
         f"{human_bytes(c.bytes_on_disk)} on disk. It cannot be undone."
     )
     left, right = st.columns(2)
-    if left.button("Delete", type="primary", width="stretch"):
+    if left.button("Delete", type="primary", width="stretch", key="confirm_delete_ws"):
         with open_session() as session:
             workspaces_svc.delete_workspace(session=session, workspace_id=ws_id)
+        _close_delete_dialog()
         state.open_workspace(None)
         state.flash(f"Deleted workspace “{ws.name}”.", "info")
         st.rerun()
-    if right.button("Cancel", width="stretch"):
+    if right.button("Cancel", width="stretch", key="cancel_delete_ws"):
+        _close_delete_dialog()
         st.rerun()
 
 
