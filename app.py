@@ -1,6 +1,8 @@
 """CFO Desk entry point: page config and navigation. Run with `make run`.
 
-Each page draws the shared sidebar itself (cfo_desk.ui.shell.frame).
+Each page draws the shared sidebar itself (cfo_desk.ui.shell.frame). Page files live in views/, not
+pages/: Streamlit treats a pages/ folder as a v1 multipage app and runs a deep-linked page file
+without this script.
 """
 
 import streamlit as st
@@ -9,10 +11,10 @@ st.set_page_config(page_title="CFO Desk", page_icon=":material/finance:", layout
 
 page = st.navigation(
     [
-        st.Page("pages/chat.py", title="Chat", icon=":material/forum:", default=True),
-        st.Page("pages/data.py", title="Data", icon=":material/table_view:"),
-        st.Page("pages/artifacts.py", title="Artifacts", icon=":material/inventory_2:"),
-        st.Page("pages/settings.py", title="Settings", icon=":material/tune:"),
+        st.Page("views/chat.py", title="Chat", icon=":material/forum:", default=True),
+        st.Page("views/data.py", title="Data", icon=":material/table_view:"),
+        st.Page("views/artifacts.py", title="Artifacts", icon=":material/inventory_2:"),
+        st.Page("views/settings.py", title="Settings", icon=":material/tune:"),
     ]
 )
 page.run()

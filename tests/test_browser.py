@@ -345,3 +345,11 @@ def _journey(page, url: str, csv_path: Path, expect) -> None:
     expect(main.get_by_text(ANSWER_2)).to_have_count(0)
     expect(main.get_by_test_id("stDataFrame")).to_have_count(1)
     page.screenshot(path=str(ARTIFACTS / "journey-source.png"), full_page=True)
+
+    # 7. A deep link (and a reload) reopens the same workspace through app.py: our navigation,
+    #    the Data page with the uploaded dataset, no auto-discovered "app" page.
+    page.goto(url.rstrip("/") + "/data")
+    expect(main.get_by_role("heading", name="Data")).to_be_visible(timeout=30_000)
+    expect(main.get_by_role("combobox", name="Dataset")).to_have_value(re.compile(r"revenue\s*·\s*4 rows"))
+    expect(page.get_by_test_id("stSidebarNav").get_by_text("Artifacts")).to_be_visible()
+    expect(page.get_by_test_id("stSidebarNav").get_by_text("app", exact=True)).to_have_count(0)

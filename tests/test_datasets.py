@@ -101,3 +101,37 @@ def test_delete_dataset_drops_table_and_file(session, ws):
     assert ds_svc.list_datasets(session=session, workspace_id=ws.id) == [] and uploads(ws) == []
     with duckdb.connect(str(duckdb_path(ws.key)), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM duckdb_tables()").fetchone() == (0,)
+
+
+def test_concurrent_uploads_never_share_a_table(session, ws):
+    import threading
+
+    from cfo_desk.storage.db import session_scope
+
+    files = {"sales.csv": b"month,revenue\n2024-01-01,100\n", "Sales.CSV": b"customer,segment\nAcme,SMB\nBeta,Enterprise\n"}
+    errors: list = []
+
+    def upload(name):
+        try:
+            with session_scope() as s:
+                ds_svc.upload_file(session=s, workspace_id=ws.id, filename=name, data=files[name])
+        except Exception as exc:  # collected: the test asserts there are none
+            errors.append(exc)
+
+    threads = [threading.Thread(target=upload, args=(n,)) for n in files]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+    rows = {d.source_filename: d for d in ds_svc.list_datasets(session=session, workspace_id=ws.id)}
+    assert {d.table_name for d in rows.values()} == {"sales", "sales_2"}
+    assert len(table_rows(ws, rows["sales.csv"].table_name)) == 1 and len(table_rows(ws, rows["Sales.CSV"].table_name)) == 2
+
+
+def test_profile_counts_nulls_and_distincts_exactly(session, ws):
+    data = b"id,amount\n" + b"".join(f"{i},{'' if i == 7 else i % 50}\n".encode() for i in range(300_001))
+    (d,) = ds_svc.upload_file(session=session, workspace_id=ws.id, filename="big.csv", data=data)
+    profile = ds_svc.dataset_profile(session=session, dataset_id=d.id).set_index("column")
+    assert profile.loc["amount", "nulls"] == 1 and profile.loc["id", "nulls"] == 0
+    assert profile.loc["amount", "distinct"] == 50 and profile.loc["id", "distinct"] == 300_001

@@ -38,7 +38,7 @@ def run(db: Path, sql: str, **kw):
 
 ATTACKS = {
     "read_csv outside the workspace": ("SELECT * FROM read_csv('{outside}')", QueryError, "disabled"),
-    "bare file path in FROM": ("SELECT * FROM '{outside}'", QueryError, ""),
+    "bare file path in FROM": ("SELECT * FROM '{outside}'", QueryError, "disabled"),
     "read_text /etc/passwd": ("SELECT * FROM read_text('/etc/passwd')", QueryError, "disabled"),
     "glob the file system": ("SELECT * FROM glob('/*')", QueryError, "disabled"),
     "read_parquet a result file": ("SELECT * FROM read_parquet('{parquet}')", QueryError, "disabled"),
@@ -47,9 +47,9 @@ ATTACKS = {
     "EXPORT DATABASE": ("EXPORT DATABASE '{outdir}'", QueryRefused, "EXPORT"),
     "ATTACH another workspace": ("ATTACH '{other}' AS o", QueryRefused, "ATTACH"),
     "INSTALL an extension": ("INSTALL httpfs", QueryRefused, "LOAD"),
-    "LOAD an extension": ("LOAD httpfs", QueryRefused, ""),
+    "LOAD an extension": ("LOAD httpfs", QueryRefused, "LOAD"),
     "SET a limit": ("SET memory_limit='100GB'", QueryRefused, "SET"),
-    "RESET the config": ("RESET lock_configuration", QueryRefused, ""),
+    "RESET the config": ("RESET lock_configuration", QueryRefused, "SET"),
     "two statements": ("SELECT 1; DROP TABLE revenue", QueryRefused, "exactly one"),
     "CREATE TABLE": ("CREATE TABLE x AS SELECT 1", QueryRefused, "CREATE"),
     "DROP TABLE": ("DROP TABLE revenue", QueryRefused, "DROP"),
@@ -116,9 +116,33 @@ def test_sql_errors_are_reported_for_the_model(db):
         run(db, "SELECT amnt FROM revenue")
 
 
-def test_sandbox_config_cannot_be_relaxed_even_inside_a_select(db):
-    # current_setting is readable, but no SELECT can change settings or reach files.
-    with pytest.raises(QueryError):
-        run(db, "SELECT * FROM read_csv_auto('/etc/hostname')")
+def test_sandbox_settings_are_in_force(db):
+    # What the recipe sets is really set on the agent's connection (and stays set: the config is locked).
+    r = run(db, "SELECT current_setting('enable_external_access'), current_setting('python_enable_replacements'), "
+               "current_setting('lock_configuration'), current_setting('autoload_known_extensions')")
+    assert r.rows == [[False, False, True, False]]
     with duckdb.connect(str(db), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM revenue").fetchone() == (5000,)
+
+
+def test_select_star_over_a_join_keeps_every_column(db):
+    r = run(db, "SELECT a.i, a.month, b.i, b.month FROM revenue a JOIN revenue b ON a.i = b.i + 1 ORDER BY a.i LIMIT 2")
+    assert [c["name"] for c in r.columns] == ["i", "month", "i_2", "month_2"]
+    assert r.rows == [[1, 2, 0, 1], [2, 3, 1, 2]]  # values line up with their columns
+    kept = pd.read_parquet(r.parquet_path)
+    assert list(kept.columns) == ["i", "month", "i_2", "month_2"] and kept["i_2"].tolist() == [0, 1]
+
+
+def test_interval_and_empty_results_are_kept(db):
+    r = run(db, "SELECT DATE '2024-12-31' - DATE '2024-01-01' AS days, age(TIMESTAMP '2024-12-31', TIMESTAMP '2024-01-01') AS tenure")
+    assert r.rows[0][0] == 365 and "11 months" in r.rows[0][1]
+    assert pd.read_parquet(r.parquet_path)["tenure"].iloc[0] == r.rows[0][1]
+    empty = run(db, "SELECT * FROM revenue WHERE i < 0")
+    assert (empty.row_count, empty.rows) == (0, []) and list(pd.read_parquet(empty.parquet_path).columns) == ["i", "month", "amount"]
+
+
+def test_what_the_model_sees_is_size_capped(db):
+    r = run(db, "SELECT repeat('abcdefghij', 50000) AS blob FROM range(200)")
+    assert r.row_count == 200 and len(pd.read_parquet(r.parquet_path)["blob"].iloc[0]) == 500_000  # kept whole
+    assert len(r.rows) < 200 and sum(len(repr(row)) for row in r.rows) <= 61_000
+    assert r.rows[0][0].endswith("…[499,500 more chars]") and "size limit" in r.notes[0]

@@ -216,3 +216,43 @@ def test_delete_workspace_removes_rows_and_folder(session):
     ws_svc.delete_workspace(session=session, workspace_id=ws.id)
     assert not workspace_dir(ws.key).exists()
     assert count(session, Message) == 0 and count(session, Artifact) == 0
+
+
+def test_no_second_question_while_one_is_unanswered(session):
+    ws = ws_svc.create_workspace(session=session, name="W")
+    t = threads_svc.create_thread(session=session, workspace_id=ws.id)
+    turns.add_user_message(session=session, thread_id=t.id, content="Q1")
+    with pytest.raises(Conflict, match="no answer yet"):
+        turns.add_user_message(session=session, thread_id=t.id, content="Q2 from another tab")
+
+
+def test_a_stale_retry_never_cuts_off_later_turns(session):
+    ws = ws_svc.create_workspace(session=session, name="W")
+    t = threads_svc.create_thread(session=session, workspace_id=ws.id)
+    a1 = turns.ask(session=session, thread_id=t.id, content="Q1", model=sql_script([]))
+    a2 = turns.ask(session=session, thread_id=t.id, content="Q2", model=sql_script([]))
+    late = turns.answer(session=session, thread_id=t.id, user_message_id=a1.parent_id, model=sql_script([]))
+    assert late.status == "ok" and late.parent_id == a1.parent_id
+    assert [m.id for m in threads_svc.conversation(session=session, thread_id=t.id)][-1] == a2.id
+    other = threads_svc.create_thread(session=session, workspace_id=ws.id)
+    with pytest.raises(NotFound):  # a question of another thread can't be answered here
+        turns.answer(session=session, thread_id=other.id, user_message_id=a1.parent_id, model=sql_script([]))
+
+
+def test_an_interrupted_run_is_recorded_as_failed_and_leaves_no_files(session):
+    class PageLeft(BaseException):
+        """What Streamlit raises from a callback when the analyst reruns the page mid-run."""
+
+    ws = ws_svc.create_workspace(session=session, name="W")
+    t = threads_svc.create_thread(session=session, workspace_id=ws.id)
+
+    def on_progress(step):
+        if step.kind == "tool_result":
+            raise PageLeft()
+
+    with pytest.raises(PageLeft):
+        turns.ask(session=session, thread_id=t.id, content="Q", model=sql_script(["SELECT 1 AS a", "SELECT 2 AS b"]), on_progress=on_progress)
+    conv = threads_svc.conversation(session=session, thread_id=t.id)
+    assert [(m.role, m.status) for m in conv] == [("user", "ok"), ("assistant", "failed")]
+    assert "interrupted" in conv[-1].error
+    assert list(workspace_dir(ws.key).rglob("*.parquet")) == [] and count(session, Artifact) == 0

@@ -137,7 +137,7 @@ def test_sample_workspace_and_data_page():
     at.button(key="load_sample").click().run()
     assert not at.exception, at.exception
     assert "Sample SaaS company" in at.sidebar.selectbox[0].format_func(at.sidebar.selectbox[0].value)
-    at.switch_page("pages/data.py").run()
+    at.switch_page("views/data.py").run()
     assert not at.exception, at.exception
     assert at.metric[0].value == "597"  # customers: first dataset by name
     profile = at.dataframe[1].value

@@ -10,6 +10,7 @@
 | `CFO_DESK_SQL_RESULT_ROW_LIMIT` | rows of a result kept as Parquet | 1,000,000 |
 | `CFO_DESK_REQUEST_LIMIT` | model requests per turn | 25 |
 | `CFO_DESK_TOOL_CALLS_LIMIT` | tool calls per turn | 30 |
+| `CFO_DESK_TOTAL_TOKENS_LIMIT` | model tokens (input + output) per turn | 1,000,000 |
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class Settings(BaseSettings):
     cfo_desk_sql_result_row_limit: int = Field(default=1_000_000, gt=0, description="Result rows kept as Parquet.")
     cfo_desk_request_limit: int = Field(default=25, gt=0, description="Model requests per turn.")
     cfo_desk_tool_calls_limit: int = Field(default=30, gt=0, description="Tool calls per turn.")
+    cfo_desk_total_tokens_limit: int = Field(default=1_000_000, gt=0, description="Model tokens (in + out) per turn.")
 
     @property
     def home(self) -> Path:

@@ -50,22 +50,23 @@ def preview(db_path: Path, table: str, limit: int = PREVIEW_ROWS) -> pd.DataFram
 def profile_table(db_path: Path, table: str) -> pd.DataFrame:
     """One row per column: column, type, rows, nulls, null_pct (%), distinct, min, max (as text).
 
-    Min, max and null share come from DuckDB's SUMMARIZE; `distinct` is exact (count DISTINCT),
-    not SUMMARIZE's approximation, since analysts reconcile against it.
+    Min and max come from DuckDB's SUMMARIZE; `nulls` and `distinct` are exact counts (SUMMARIZE's
+    are a rounded percentage and an approximation), since analysts reconcile against them.
     """
     with sandboxed_reader(db_path) as con:
         df = con.execute(f"SUMMARIZE {quote_ident(table)}").fetchdf()
-        exprs = ", ".join(f"count(DISTINCT {quote_ident(c)})" for c in df["column_name"])
-        distinct = list(con.execute(f"SELECT {exprs} FROM {quote_ident(table)}").fetchone()) if exprs else []
+        cols = list(df["column_name"])
+        exprs = ", ".join(f"count(DISTINCT {quote_ident(c)}), count(*) - count({quote_ident(c)})" for c in cols)
+        counts = list(con.execute(f"SELECT {exprs} FROM {quote_ident(table)}").fetchone()) if cols else []
+        distinct, nulls = counts[0::2], counts[1::2]
     rows = df["count"].astype("int64")
-    nulls = (df["null_percentage"].astype(float) * rows / 100).round().astype("int64")
     return pd.DataFrame(
         {
             "column": df["column_name"],
             "type": df["column_type"],
             "rows": rows,
-            "nulls": nulls,
-            "null_pct": df["null_percentage"].astype(float).round(1),
+            "nulls": pd.Series(nulls, dtype="int64"),
+            "null_pct": (pd.Series(nulls, dtype="float64") * 100 / rows.clip(lower=1)).round(2),
             "distinct": pd.Series(distinct, dtype="int64"),
             "min": df["min"].astype("string"),
             "max": df["max"].astype("string"),

@@ -31,6 +31,8 @@ ROWS_TO_MODEL = 200
 RESULT_ROW_LIMIT = 1_000_000
 ARROW_BATCH_ROWS = 10_000
 MAX_SQL_CHARS = 20_000
+MAX_CELL_CHARS = 500  # a longer text cell reaches the model cut, with a marker
+MAX_MODEL_PAYLOAD_CHARS = 60_000  # rows for the model stop before their text passes this
 
 
 class QueryError(Exception):
@@ -81,6 +83,47 @@ def check_statement(con: duckdb.DuckDBPyConnection, sql: str) -> None:
         raise QueryRefused(f"Only read-only SELECT queries are allowed (this statement is {kind.name}).")
 
 
+def unique_names(names: list[str]) -> list[str]:
+    """Column names made unique in order: a SELECT * over a join gives ["id", "id"] -> ["id", "id_2"]."""
+    seen: set[str] = set()
+    out = []
+    for name in names:
+        candidate, n = name, 1
+        while candidate in seen:
+            n += 1
+            candidate = f"{name}_{n}"
+        seen.add(candidate)
+        out.append(candidate)
+    return out
+
+
+def _interval_text(value: object) -> str | None:
+    """An Arrow month-day-nano interval as DuckDB writes it: '1 year 2 months 3 days 04:05:06'."""
+    if value is None:
+        return None
+    if not hasattr(value, "months"):
+        return str(value)
+    years, months = divmod(value.months, 12)
+    parts = [f"{n} {unit}{'s' if abs(n) != 1 else ''}" for n, unit in ((years, "year"), (months, "month"), (value.days, "day")) if n]
+    if value.nanoseconds:
+        secs = value.nanoseconds / 1e9
+        h, rem = divmod(abs(secs), 3600)
+        m, sec = divmod(rem, 60)
+        parts.append(f"{'-' if secs < 0 else ''}{int(h):02d}:{int(m):02d}:{sec:09.6f}".rstrip("0").rstrip("."))
+    return " ".join(parts) or "00:00:00"
+
+
+def _storable(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """Cast columns Parquet cannot hold (INTERVAL, unions, ...) to text, keeping the rest as is."""
+    arrays = []
+    for col in batch.columns:
+        if pa.types.is_interval(col.type) or pa.types.is_union(col.type):
+            arrays.append(pa.array([_interval_text(v) for v in col.to_pylist()], type=pa.string()))
+        else:
+            arrays.append(col)
+    return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
+
+
 def _jsonable(value: object) -> object:
     """A JSON-friendly form of one cell (dates as ISO text, Decimals as float, NaN as None)."""
     if value is None:
@@ -93,9 +136,11 @@ def _jsonable(value: object) -> object:
         return value.isoformat()
     if isinstance(value, (bytes, bytearray)):
         return f"<{len(value)} bytes>"
-    if isinstance(value, (int, str, bool)):
+    if isinstance(value, str):
+        return value if len(value) <= MAX_CELL_CHARS else value[:MAX_CELL_CHARS] + f"…[{len(value) - MAX_CELL_CHARS:,} more chars]"
+    if isinstance(value, (int, bool)):
         return value
-    return str(value)
+    return _jsonable(str(value))
 
 
 def run_query(
@@ -133,24 +178,34 @@ def run_query(
         writer: pq.ParquetWriter | None = None
         try:
             relation = cur.sql(sql)
-            columns = [{"name": n, "type": str(t)} for n, t in zip(relation.columns, relation.types)]
+            original_names = list(relation.columns)
+            names = unique_names(original_names)
+            columns = [{"name": n, "type": str(t)} for n, t in zip(names, relation.types)]
             reader = relation.to_arrow_reader(ARROW_BATCH_ROWS)
-            schema = reader.schema
-            writer = pq.ParquetWriter(parquet_path, schema)
-            kept, truncated, head = 0, False, []
+            kept, truncated, head, head_chars, head_full = 0, False, [], 0, False
             for batch in reader:
+                batch = _storable(pa.RecordBatch.from_arrays(batch.columns, names=names))
+                if writer is None:
+                    writer = pq.ParquetWriter(parquet_path, batch.schema)
                 room = result_row_limit - kept
                 if batch.num_rows > room:
                     batch, truncated = batch.slice(0, room), True
                 if batch.num_rows:
                     writer.write_batch(batch)
                     kept += batch.num_rows
-                    if len(head) < rows_to_model:
-                        need = rows_to_model - len(head)
-                        part = batch.slice(0, need).to_pylist()
-                        head.extend([[_jsonable(v) for v in row.values()] for row in part])
+                    if not head_full and len(head) < rows_to_model:
+                        part = batch.slice(0, rows_to_model - len(head))
+                        for row in zip(*(c.to_pylist() for c in part.columns)):  # by position, never by name
+                            cells = [_jsonable(v) for v in row]
+                            head_chars += len(repr(cells))
+                            if head and head_chars > MAX_MODEL_PAYLOAD_CHARS:
+                                head_full = True
+                                break
+                            head.append(cells)
                 if truncated:
                     break
+            if writer is None:  # no batch at all: an empty result still gets its (empty) file
+                writer = pq.ParquetWriter(parquet_path, pa.schema([(n, pa.string()) for n in names]))
             writer.close()
             writer = None
         except duckdb.InterruptException as exc:
@@ -161,6 +216,9 @@ def run_query(
                     "Aggregate more, filter earlier, or avoid cross joins."
                 ) from exc
             raise QueryError("The query was interrupted.") from exc
+        except pa.ArrowException as exc:
+            parquet_path.unlink(missing_ok=True)
+            raise QueryError(f"The result could not be stored ({exc}); cast unusual columns to VARCHAR or DOUBLE.") from exc
         except duckdb.Error as exc:
             parquet_path.unlink(missing_ok=True)
             if timed_out.is_set():
@@ -176,6 +234,10 @@ def run_query(
             cur.close()
         duration = time.perf_counter() - started
     notes = []
+    if head_full:
+        notes.append(f"Only {len(head)} rows fit the size limit for what you are shown; aggregate or select fewer columns.")
+    if names != original_names:
+        notes.append("Duplicate column names were made unique: " + ", ".join(c["name"] for c in columns) + ".")
     if truncated:
         notes.append(f"Only the first {result_row_limit:,} rows were kept.")
     return QueryRun(columns, head, kept, truncated, tables, duration, parquet_path, notes)

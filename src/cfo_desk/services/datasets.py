@@ -19,11 +19,14 @@ from sqlmodel import Session, select
 
 from cfo_desk.analytics import ingest
 from cfo_desk.analytics.profile import preview, profile_table
-from cfo_desk.analytics.store import quote_ident, writer
+from cfo_desk.analytics.ingest import IngestError
+from cfo_desk.analytics.store import quote_ident, workspace_lock, writer
 from cfo_desk.services.errors import Conflict, InvalidInput, NotFound
 from cfo_desk.services.workspaces import get_workspace
 from cfo_desk.storage.files import duckdb_path, workspace_dir, write_atomic
 from cfo_desk.storage.models import Dataset, utcnow
+
+__all__ = ["DuplicateUpload", "IngestError", "delete_dataset", "list_datasets", "set_date_order", "upload_file"]
 
 MAX_UPLOAD_BYTES = 200 * 1024 * 1024  # matches server.maxUploadSize in .streamlit/config.toml
 OnConflict = Literal["ask", "replace", "keep_both"]
@@ -95,6 +98,7 @@ def upload_file(
         raise InvalidInput(f"{original}: the file is empty.")
     if len(data) > MAX_UPLOAD_BYTES:
         raise InvalidInput(f"{original}: the file is larger than {MAX_UPLOAD_BYTES // 2**20} MB.")
+    session.expire_all()  # read what other sessions committed
     existing = list(session.exec(select(Dataset).where(Dataset.workspace_id == ws.id, Dataset.source_filename == original)))
     if existing and on_conflict == "ask":
         raise DuplicateUpload(original, existing)
@@ -105,6 +109,13 @@ def upload_file(
             newest[d.sheet_name] = d
         replacing = list(newest.values())
 
+    # One upload at a time per workspace: names are chosen, ingested and recorded under the lock, so
+    # two sessions can never pick the same table name and overwrite each other's table.
+    with workspace_lock(duckdb_path(ws.key)):
+        return _upload_locked(session, ws, original, data, existing, replacing, date_order)
+
+
+def _upload_locked(session, ws, original, data, existing, replacing, date_order) -> list[Dataset]:
     sha = hashlib.sha256(data).hexdigest()
     rel = f"uploads/{sha[:12]}-{_safe_filename(original)}"
     folder = workspace_dir(ws.key)

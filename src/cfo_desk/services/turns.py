@@ -23,14 +23,15 @@ from cfo_desk.agent.outputs import Clarification, FinalAnswer
 from cfo_desk.agent.core import model_problem, resolve_model
 from cfo_desk.agent.runner import Progress, TurnOutcome, run_agent
 from cfo_desk.config import get_settings
-from cfo_desk.services.errors import InvalidInput, NotFound
-from cfo_desk.services.threads import DEFAULT_TITLE, get_thread, messages_on_path, touch_thread
+from cfo_desk.services.errors import Conflict, InvalidInput, NotFound
+from cfo_desk.services.threads import DEFAULT_TITLE, get_thread, messages_on_path, path_ids, touch_thread
 from cfo_desk.storage.files import duckdb_path, remove_tree, workspace_dir
 from cfo_desk.storage.models import Artifact, Dataset, Message, MessageStatus, Role, Thread, Workspace
 
 __all__ = ["Progress", "add_user_message", "answer", "ask", "asking_problem", "configured_model", "model_history"]
 
 MAX_PROMPT_CHARS = 20_000
+INTERRUPTED = "The run was interrupted before it finished (the page changed or the app stopped). Retry to run it again."
 TITLE_FROM_PROMPT_CHARS = 60
 
 
@@ -71,6 +72,13 @@ def add_user_message(*, session: Session, thread_id: int, content: str) -> Messa
     if len(content) > MAX_PROMPT_CHARS:
         raise InvalidInput(f"Questions are at most {MAX_PROMPT_CHARS:,} characters.")
     thread = get_thread(session=session, thread_id=thread_id)
+    if thread.head_message_id is not None:
+        head = session.get(Message, thread.head_message_id)
+        if head is not None and head.role == Role.user:
+            raise Conflict(
+                "The last question in this thread has no answer yet (it may still be running). "
+                "Answer it first, or fork from an earlier message to ask something else."
+            )
     msg = Message(workspace_id=thread.workspace_id, parent_id=thread.head_message_id, role=Role.user, content=content)
     session.add(msg)
     session.flush()
@@ -117,8 +125,9 @@ def answer(
     settings = get_settings()
     thread = get_thread(session=session, thread_id=thread_id)
     user_msg = session.get(Message, user_message_id)
-    if user_msg is None or user_msg.role != Role.user or user_msg.workspace_id != thread.workspace_id:
-        raise NotFound("That question is not part of this thread.")
+    on_thread = thread.head_message_id is not None and user_message_id in path_ids(session=session, message_id=thread.head_message_id)
+    if user_msg is None or user_msg.role != Role.user or not on_thread:
+        raise NotFound("That question is not part of this thread (any more).")
     ws = session.get(Workspace, thread.workspace_id)
     history = model_history(session=session, message_id=user_msg.parent_id)
     on_path = [m.id for m in messages_on_path(session=session, message_id=user_msg.id)]
@@ -136,8 +145,20 @@ def answer(
         first_handle=results_so_far + 1,
         limits=SqlLimits(settings.cfo_desk_sql_timeout, settings.cfo_desk_sql_rows_to_model, settings.cfo_desk_sql_result_row_limit),
     )
-    limits = UsageLimits(request_limit=settings.cfo_desk_request_limit, tool_calls_limit=settings.cfo_desk_tool_calls_limit)
-    outcome = run_agent(prompt=user_msg.content, deps=deps, history=history, model=model, usage_limits=limits, on_progress=on_progress)
+    limits = UsageLimits(
+        request_limit=settings.cfo_desk_request_limit,
+        tool_calls_limit=settings.cfo_desk_tool_calls_limit,
+        total_tokens_limit=settings.cfo_desk_total_tokens_limit,
+    )
+    try:
+        outcome = run_agent(prompt=user_msg.content, deps=deps, history=history, model=model, usage_limits=limits, on_progress=on_progress)
+    except BaseException:  # the page was left or rerun mid-run (Streamlit raises from on_progress)
+        interrupted = TurnOutcome(None, None, [], INTERRUPTED, 0.0)
+        try:
+            _commit_outcome(session, thread, user_msg, interrupted, run_rel, {})
+        finally:
+            remove_tree(run_dir)
+        raise
     try:
         return _commit_outcome(session, thread, user_msg, outcome, run_rel, {d.table_name: d for d in datasets})
     except BaseException:
@@ -149,7 +170,9 @@ def answer(
 def _commit_outcome(
     session: Session, thread: Thread, user_msg: Message, outcome: TurnOutcome, run_rel: str, datasets: dict[str, DatasetRef]
 ) -> Message:
-    thread = session.get(Thread, thread.id)  # re-read: the thread may have moved meanwhile
+    thread = session.get(Thread, thread.id)
+    if thread is not None:
+        session.refresh(thread)  # re-read: another session may have moved its head meanwhile
     reply = Message(
         workspace_id=user_msg.workspace_id,
         parent_id=user_msg.id,
@@ -195,7 +218,10 @@ def _commit_outcome(
                     duration_s=round(rec.run.duration_s, 4),
                 )
             )
-    if thread is not None:
+    # Move the head only if it is still this question (compare-and-set): a turn that finishes after
+    # the thread moved on stays in the tree as a branch instead of cutting the newer turns off.
+    head = session.get(Message, thread.head_message_id) if thread is not None and thread.head_message_id else None
+    if head is not None and user_msg.id in (head.id, head.parent_id):  # the question, or an answer to it (Retry)
         touch_thread(session=session, thread=thread, head_message_id=reply.id)
     session.commit()
     session.refresh(reply)

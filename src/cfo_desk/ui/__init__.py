@@ -1,1 +1,1 @@
-"""Streamlit components and renderers: the only package besides app.py and pages/ that imports streamlit."""
+"""Streamlit components and renderers: the only package besides app.py and views/ that imports streamlit."""

@@ -16,7 +16,7 @@ from cfo_desk.services.artifacts import Artifact
 from cfo_desk.services.threads import Message, MessageStatus, Role
 from cfo_desk.services.turns import Progress
 from cfo_desk.ui import state
-from cfo_desk.ui.format import column_config, figure, for_display, short_hash
+from cfo_desk.ui.format import column_config, figure, for_display, safe_markdown, short_hash
 
 
 def render() -> None:
@@ -117,10 +117,11 @@ def _thread_menu(thread) -> None:
 
 
 def _frame(session, artifact: Artifact):
+    """The result's rows, or a sentence saying why they can't be shown (never breaks the thread)."""
     try:
         return artifacts_svc.result_frame(session=session, artifact=artifact)
-    except ServiceError as exc:
-        return str(exc)
+    except Exception as exc:  # a missing or unreadable file must not take the whole thread down
+        return f"The result of {artifact.handle} can't be shown: {exc}"
 
 
 def _run(thread_id: int, user_msg: Message, *, fresh: bool) -> None:
@@ -134,7 +135,7 @@ def _run(thread_id: int, user_msg: Message, *, fresh: bool) -> None:
             def on_progress(p: Progress) -> None:
                 if p.kind == "tool_call":
                     if p.tool == "run_sql":
-                        st.markdown(f"**Running SQL:** {p.purpose or ''}")
+                        st.markdown(f"**Running SQL:** {safe_markdown(p.purpose or '')}")
                         if p.sql:
                             st.code(p.sql, language="sql")
                     elif p.tool.startswith("final_result"):
@@ -168,13 +169,14 @@ def _message(msg: Message, thread_id: int, arts: list[Artifact], frames: dict, *
             st.markdown(msg.content)
         elif msg.status == MessageStatus.failed:
             st.error(msg.error or msg.content, icon=":material/error:")
+            st.caption("A failed turn is not sent to the model in later turns; Retry to run it again.")
             if is_head and st.button("Retry", key=f"retry_{msg.id}", icon=":material/refresh:"):
                 with open_session() as session:
                     user_msg = threads_svc.get_message(session=session, message_id=msg.parent_id)
                 _run(thread_id, user_msg, fresh=False)
         elif msg.status == MessageStatus.clarification:
             st.markdown(":material/help: **A question before I answer**")
-            st.markdown(msg.content)
+            st.markdown(safe_markdown(msg.content))
             st.caption("Reply in the box below.")
         else:
             _answer(msg, arts, frames)
@@ -188,9 +190,9 @@ def _answer(msg: Message, arts: list[Artifact], frames: dict) -> None:
         cols = st.columns(min(len(figures), 4))
         for i, f in enumerate(figures):
             cols[i % len(cols)].metric(f.get("label", ""), figure(f.get("value", 0), f.get("unit", "")), help=_figure_help(f))
-    st.markdown(msg.content)
+    st.markdown(safe_markdown(msg.content))
     if output.get("assumptions"):
-        st.caption("Assumptions: " + " · ".join(output["assumptions"]))
+        st.caption("Assumptions: " + safe_markdown(" · ".join(output["assumptions"])))
     shown = output.get("queries") or [a.handle for a in arts]
     by_handle = {a.handle: a for a in arts}
     for handle in [h for h in shown if h in by_handle] or [a.handle for a in arts]:
@@ -211,7 +213,7 @@ def _figure_help(f: dict) -> str:
 
 def _result(art: Artifact, frame) -> None:
     with st.container(border=True):
-        st.markdown(f"**{art.handle} · {art.title}**  ·  {art.row_count:,} row(s)" + (" (truncated)" if art.truncated else ""))
+        st.markdown(f"**{art.handle} · {safe_markdown(art.title)}**  ·  {art.row_count:,} row(s)" + (" (truncated)" if art.truncated else ""))
         if isinstance(frame, str):
             st.warning(frame)
         else:

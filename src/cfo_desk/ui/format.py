@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 
 import pandas as pd
 import streamlit as st
+
+
+_IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
+_HTML_IMG = re.compile(r"<\s*img\b[^>]*>", re.IGNORECASE)
+
+
+def safe_markdown(text: str) -> str:
+    """Model-written Markdown with images removed (their alt text kept).
+
+    An image URL would be fetched by the analyst's browser on render, so a prompt injected through an
+    uploaded cell could send figures to any server: no model-written image is ever rendered.
+    """
+    return _HTML_IMG.sub("", _IMAGE.sub(lambda m: f"[image removed: {m.group(1)}]" if m.group(1) else "[image removed]", text or ""))
 
 
 def human_bytes(n: int) -> str:
@@ -50,10 +64,16 @@ def for_display(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def column_config(df: pd.DataFrame) -> dict:
-    """Streamlit column formats: thousands separators for numbers, 2 decimals for floats."""
+    """Streamlit column formats: thousands separators for numbers, 2 decimals for floats, ISO dates."""
     config = {}
     for col in df.columns:
-        if pd.api.types.is_float_dtype(df[col]):
+        if pd.api.types.is_datetime64_any_dtype(df[col]):
+            times = df[col].dropna()
+            whole_days = bool(len(times)) and bool((times == times.dt.normalize()).all())
+            config[col] = (
+                st.column_config.DateColumn(format="YYYY-MM-DD") if whole_days else st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss")
+            )
+        elif pd.api.types.is_float_dtype(df[col]):
             config[col] = st.column_config.NumberColumn(format="localized", step=0.01)
         elif pd.api.types.is_integer_dtype(df[col]) and not str(col).lower().endswith(("id", "year")):
             config[col] = st.column_config.NumberColumn(format="localized")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import streamlit as st
 
-from cfo_desk.analytics.ingest import IngestError
 from cfo_desk.services import datasets as datasets_svc
 from cfo_desk.services import samples, threads as threads_svc, workspaces as workspaces_svc
 from cfo_desk.services.errors import ServiceError
@@ -18,7 +17,7 @@ UPLOAD_TYPES = ["csv", "tsv", "txt", "xlsx", "xlsm"]
 def render() -> None:
     """Draw the whole sidebar for the current workspace."""
     with st.sidebar:
-        st.markdown("### 📊 CFO Desk")
+        st.markdown("### :material/finance: CFO Desk")
         with open_session() as session:
             all_ws = workspaces_svc.list_workspaces(session=session)
         ws_id = state.current_workspace_id()
@@ -151,7 +150,7 @@ def _ingest_one(ws_id: int, name: str, data: bytes, on_conflict: str, pending: l
             made = datasets_svc.upload_file(session=session, workspace_id=ws_id, filename=name, data=data, on_conflict=on_conflict)
     except datasets_svc.DuplicateUpload:
         pending.append((name, data))
-    except (IngestError, ServiceError) as exc:
+    except (datasets_svc.IngestError, ServiceError) as exc:
         st.session_state.setdefault("_upload_msgs", []).append(("error", str(exc), None))
     else:
         for ds in made:

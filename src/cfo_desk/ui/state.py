@@ -69,7 +69,7 @@ def sync_url() -> None:
 
 def go_to_chat() -> None:
     """Switch to the chat page, keeping the current place."""
-    st.switch_page("pages/chat.py", query_params=url_params())
+    st.switch_page("views/chat.py", query_params=url_params())
 
 
 def flash(message: str, kind: str = "success") -> None:
