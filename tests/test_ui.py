@@ -191,3 +191,41 @@ def test_delete_workspace_confirms_and_says_what_goes():
     assert not at.exception, at.exception
     assert at.button(key="load_sample")  # back to the empty install
     assert "Deleted workspace" in "\n".join(i.value for i in at.info)
+
+
+def test_artifacts_and_settings_pages(monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://cfo:s3cret@db.internal/cfo")
+    from cfo_desk.config import get_settings
+
+    get_settings.cache_clear()
+    from cfo_desk.services.settings import configuration
+
+    shown = dict(configuration())
+    assert "s3cret" not in shown["DATABASE_URL"] and shown["CFO_DESK_MODEL"] == "(not set)"
+    monkeypatch.delenv("DATABASE_URL")
+    get_settings.cache_clear()
+
+    use_model(sql_script(["SELECT 42 AS answer"], {"answer_markdown": "42."}))
+    at = app()
+    at.text_input(key="new_ws_name").set_value("W")
+    at.button(key="create_ws").click().run()
+    at.chat_input[0].set_value("The answer?").run()
+    at.switch_page("views/artifacts.py").run()
+    assert not at.exception, at.exception
+    assert any("SELECT 42 AS answer" in c.value for c in at.code)
+    assert at.dataframe[0].value["answer"].tolist() == [42]
+    at.switch_page("views/settings.py").run()
+    assert not at.exception, at.exception
+    assert "CFO_DESK_SQL_TIMEOUT" in str(at.table[0].value)
+
+
+def test_ambiguous_dates_can_be_switched_after_upload():
+    at = app()
+    at.text_input(key="new_ws_name").set_value("W")
+    at.button(key="create_ws").click().run()
+    at.sidebar.file_uploader[0].set_value(("bank.csv", b"booked,amount\n03/04/2024,10\n05/06/2024,20\n", "text/csv")).run()
+    assert any("every day was ≤ 12" in c.value and "month/day" in c.value for c in at.sidebar.caption)
+    at.sidebar.button(key="dos_0").click().run()
+    assert not at.exception, at.exception
+    at.switch_page("views/data.py").run()
+    assert at.dataframe[0].value["booked"].dt.strftime("%Y-%m-%d").tolist() == ["2024-04-03", "2024-06-05"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+
 import streamlit as st
 
 from cfo_desk.services import datasets as datasets_svc
@@ -233,11 +235,8 @@ def _datasets(ws_id: int) -> None:
         return
     with st.expander(f"Datasets ({len(rows)})", expanded=True):
         for d in rows:
-            st.markdown(
-                f"`{d.table_name}` · {d.row_count:,} rows  \n"
-                f"<small>{d.source_filename}{f' [{d.sheet_name}]' if d.sheet_name else ''} · {short_hash(d.sha256)}</small>",
-                unsafe_allow_html=True,
-            )
+            source = html.escape(d.source_filename + (f" [{d.sheet_name}]" if d.sheet_name else ""))
+            st.markdown(f"`{d.table_name}` · {d.row_count:,} rows  \n<small>{source} · {short_hash(d.sha256)}</small>", unsafe_allow_html=True)
 
 
 def _threads(ws_id: int) -> None:
