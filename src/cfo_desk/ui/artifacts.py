@@ -25,7 +25,7 @@ def render() -> None:
     st.caption(f"{len(arts)} query result(s), newest first.")
     for art in arts:
         with st.expander(f"{art.title} · {art.row_count:,} row(s) · {art.created_at:%Y-%m-%d %H:%M}"):
-            st.code(art.sql or "", language="sql")
+            st.code(art.sql or "", language="sql", wrap_lines=True)
             read = artifacts_svc.datasets_read(art)
             if read:
                 st.caption("Read: " + " · ".join(f"{d['source']} ({short_hash(d['sha256'])})" for d in read))

@@ -137,7 +137,7 @@ def _run(thread_id: int, user_msg: Message, *, fresh: bool) -> None:
                     if p.tool == "run_sql":
                         st.markdown(f"**Running SQL:** {safe_markdown(p.purpose or '')}")
                         if p.sql:
-                            st.code(p.sql, language="sql")
+                            st.code(p.sql, language="sql", wrap_lines=True)
                     elif p.tool.startswith("final_result"):
                         st.markdown("Writing the answer…")
                     else:
@@ -221,7 +221,7 @@ def _result(art: Artifact, frame) -> None:
             st.dataframe(shown, hide_index=True, column_config=column_config(shown), key=f"df_{art.id}")
         left, right = st.columns([4, 1])
         with left.expander("SQL"):
-            st.code(art.sql or "", language="sql")
+            st.code(art.sql or "", language="sql", wrap_lines=True)
             if art.duration_s is not None:
                 st.caption(f"Ran in {art.duration_s:.3f} s")
         if not isinstance(frame, str):
