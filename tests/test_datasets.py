@@ -135,3 +135,17 @@ def test_profile_counts_nulls_and_distincts_exactly(session, ws):
     profile = ds_svc.dataset_profile(session=session, dataset_id=d.id).set_index("column")
     assert profile.loc["amount", "nulls"] == 1 and profile.loc["id", "nulls"] == 0
     assert profile.loc["amount", "distinct"] == 50 and profile.loc["id", "distinct"] == 300_001
+
+
+def test_query_provenance_comes_from_the_table_itself(session, ws, tmp_path):
+    """A query records the sha256 of the file whose rows it read, even if the dataset was replaced
+    after the turn started (the hash is stamped on the DuckDB table at ingest)."""
+    import hashlib
+
+    from cfo_desk.analytics.sandbox import run_query
+
+    ds_svc.upload_file(session=session, workspace_id=ws.id, filename="sales.csv", data=b"a\n1\n")
+    new = b"a\n1\n2\n"
+    ds_svc.upload_file(session=session, workspace_id=ws.id, filename="sales.csv", data=new, on_conflict="replace")
+    r = run_query(duckdb_path(ws.key), "SELECT sum(a) AS s FROM sales", parquet_path=tmp_path / "q.parquet")
+    assert r.rows == [[3]] and r.table_sha256 == {"sales": hashlib.sha256(new).hexdigest()}

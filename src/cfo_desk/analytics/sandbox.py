@@ -24,7 +24,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cfo_desk.analytics.store import sandboxed_reader
+from cfo_desk.analytics.store import read_provenance, sandboxed_reader
 
 QUERY_TIMEOUT_S = 30.0
 ROWS_TO_MODEL = 200
@@ -53,7 +53,8 @@ class QueryRun:
 
     `rows` are the first rows (at most rows_to_model) as JSON-friendly lists; `row_count` counts
     every row kept in the Parquet file; `truncated` says rows beyond `result_row_limit` were dropped.
-    `tables` are the workspace tables the SQL reads (by DuckDB's parser). `duration_s` in seconds.
+    `tables` are the workspace tables the SQL reads (by DuckDB's parser), `table_sha256` their
+    source files' sha256 as stamped on the tables at ingest. `duration_s` in seconds.
     """
 
     columns: list[dict[str, str]]
@@ -64,6 +65,7 @@ class QueryRun:
     duration_s: float
     parquet_path: Path
     notes: list[str] = field(default_factory=list)
+    table_sha256: dict[str, str] = field(default_factory=dict)
 
 
 def check_statement(con: duckdb.DuckDBPyConnection, sql: str) -> None:
@@ -165,6 +167,7 @@ def run_query(
             tables = sorted(con.get_table_names(sql))
         except duckdb.Error:
             tables = []
+        provenance = read_provenance(con, tables)  # same connection, same lock: matches the rows read
         cur = con.cursor()
         timed_out = threading.Event()
 
@@ -240,7 +243,7 @@ def run_query(
         notes.append("Duplicate column names were made unique: " + ", ".join(c["name"] for c in columns) + ".")
     if truncated:
         notes.append(f"Only the first {result_row_limit:,} rows were kept.")
-    return QueryRun(columns, head, kept, truncated, tables, duration, parquet_path, notes)
+    return QueryRun(columns, head, kept, truncated, tables, duration, parquet_path, notes, provenance)
 
 
 def read_result(parquet_path: Path) -> pa.Table:

@@ -85,3 +85,25 @@ def sandboxed_reader(db_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
 def quote_ident(name: str) -> str:
     """Quote an identifier for DuckDB (`"a""b"`); for app-chosen names only."""
     return '"' + name.replace('"', '""') + '"'
+
+
+PROVENANCE_PREFIX = "sha256:"
+
+
+def stamp_provenance(db_path: Path, sha256_by_table: dict[str, str]) -> None:
+    """Record each table's source-file sha256 as its DuckDB comment, so the data carries its own
+    provenance and a query can read it on the same connection that reads the rows."""
+    with writer(db_path) as con:
+        for table, sha in sha256_by_table.items():
+            con.execute(f"COMMENT ON TABLE {quote_ident(table)} IS '{PROVENANCE_PREFIX}{sha}'")
+
+
+def read_provenance(con: duckdb.DuckDBPyConnection, tables: list[str]) -> dict[str, str]:
+    """{table: sha256} from the tables' comments (tables without a stamp are left out)."""
+    if not tables:
+        return {}
+    rows = con.execute(
+        "SELECT table_name, comment FROM duckdb_tables() WHERE database_name = current_database() AND list_contains(?, table_name)",
+        [tables],
+    ).fetchall()
+    return {t: c[len(PROVENANCE_PREFIX) :] for t, c in rows if c and c.startswith(PROVENANCE_PREFIX)}

@@ -20,7 +20,7 @@ from sqlmodel import Session, select
 from cfo_desk.analytics import ingest
 from cfo_desk.analytics.profile import preview, profile_table
 from cfo_desk.analytics.ingest import IngestError
-from cfo_desk.analytics.store import quote_ident, workspace_lock, writer
+from cfo_desk.analytics.store import quote_ident, stamp_provenance, workspace_lock, writer
 from cfo_desk.services.errors import Conflict, InvalidInput, NotFound
 from cfo_desk.services.workspaces import get_workspace
 from cfo_desk.storage.files import duckdb_path, workspace_dir, write_atomic
@@ -136,6 +136,7 @@ def _upload_locked(session, ws, original, data, existing, replacing, date_order)
             taken.add(name)
             table_names[label] = name
         tables = ingest.ingest_file(duckdb_path(ws.key), kept, original_name=original, table_names=table_names, date_order=date_order)
+        stamp_provenance(duckdb_path(ws.key), {t.table_name: sha for t in tables})
     except BaseException:
         if not was_there:
             kept.unlink(missing_ok=True)
@@ -181,9 +182,11 @@ def set_date_order(*, session: Session, dataset_id: int, date_order: str) -> Dat
     path = workspace_dir(ws.key) / ds.file_path
     if not path.exists():
         raise NotFound(f"The original of {ds.source_filename} is missing from the workspace folder.")
-    (t,) = ingest.ingest_file(
-        duckdb_path(ws.key), path, original_name=ds.source_filename, table_names={ds.sheet_name: ds.table_name}, date_order=date_order
-    )
+    with workspace_lock(duckdb_path(ws.key)):
+        (t,) = ingest.ingest_file(
+            duckdb_path(ws.key), path, original_name=ds.source_filename, table_names={ds.sheet_name: ds.table_name}, date_order=date_order
+        )
+        stamp_provenance(duckdb_path(ws.key), {t.table_name: ds.sha256})
     ds.row_count = t.row_count
     ds.columns_json = json.dumps([{"name": c.name, "type": c.type} for c in t.columns])
     ds.notes_json = json.dumps(t.notes)

@@ -53,8 +53,12 @@ def model_history(*, session: Session, message_id: int | None) -> list[ModelMess
     """
     if message_id is None:
         return []
+    return _history_of(messages_on_path(session=session, message_id=message_id))
+
+
+def _history_of(path: list[Message]) -> list[ModelMessage]:
     history: list[ModelMessage] = []
-    for msg in messages_on_path(session=session, message_id=message_id):
+    for msg in path:
         if msg.role == Role.assistant and msg.status != MessageStatus.failed and msg.model_messages_json:
             history.extend(ModelMessagesTypeAdapter.validate_json(msg.model_messages_json))
     return history
@@ -119,8 +123,10 @@ def answer(
     """Run the agent on a committed user message and commit its answer (or its failure).
 
     The history sent to the model is the path up to the user message's parent. Returns the
-    assistant message (status ok, clarification or failed), now the thread's head. Raises NotFound
-    when the user message is not on the thread.
+    assistant message (status ok, clarification or failed). It becomes the thread's head unless
+    the thread moved on during the run (then it stays a branch of the tree). Raises NotFound when
+    the user message is not on the thread. A run interrupted by a BaseException (Streamlit's
+    rerun/stop) is committed as failed, its files removed, and the exception re-raised.
     """
     settings = get_settings()
     thread = get_thread(session=session, thread_id=thread_id)
@@ -129,9 +135,9 @@ def answer(
     if user_msg is None or user_msg.role != Role.user or not on_thread:
         raise NotFound("That question is not part of this thread (any more).")
     ws = session.get(Workspace, thread.workspace_id)
-    history = model_history(session=session, message_id=user_msg.parent_id)
-    on_path = [m.id for m in messages_on_path(session=session, message_id=user_msg.id)]
-    results_so_far = session.exec(select(func.count()).select_from(Artifact).where(Artifact.message_id.in_(on_path))).one()
+    path = messages_on_path(session=session, message_id=user_msg.id)
+    history = _history_of(path[:-1])
+    results_so_far = session.exec(select(func.count()).select_from(Artifact).where(Artifact.message_id.in_([m.id for m in path]))).one()
     run_rel = f"artifacts/run-{uuid.uuid4().hex[:16]}"
     run_dir = workspace_dir(ws.key) / run_rel
     datasets = _dataset_refs(session, ws.id)
@@ -197,8 +203,8 @@ def _commit_outcome(
     session.flush()
     if reply.status != MessageStatus.failed:
         for rec in outcome.results:
-            read = [
-                {"table": t, "dataset_id": d.dataset_id, "sha256": d.sha256, "source": d.source}
+            read = [  # the hash stamped on the table the query read, not the one known at turn start
+                {"table": t, "dataset_id": d.dataset_id, "sha256": rec.run.table_sha256.get(t, d.sha256), "source": d.source}
                 for t in rec.run.tables
                 if (d := datasets.get(t)) is not None
             ]
