@@ -256,3 +256,37 @@ def test_an_interrupted_run_is_recorded_as_failed_and_leaves_no_files(session):
     assert [(m.role, m.status) for m in conv] == [("user", "ok"), ("assistant", "failed")]
     assert "interrupted" in conv[-1].error
     assert list(workspace_dir(ws.key).rglob("*.parquet")) == [] and count(session, Artifact) == 0
+
+
+def test_sqlite_runs_with_wal_and_foreign_keys(session, store):
+    if store != "sqlite":
+        pytest.skip("SQLite pragmas")
+    from sqlalchemy import text
+
+    assert session.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+    assert session.execute(text("PRAGMA foreign_keys")).scalar() == 1
+
+
+def test_question_is_committed_before_the_run_starts(session):
+    from agent_script import output_call
+
+    ws = ws_svc.create_workspace(session=session, name="W")
+    t = threads_svc.create_thread(session=session, workspace_id=ws.id)
+    seen_in_store: list = []
+
+    def plan(messages, info):
+        with session_scope() as other:  # another connection sees the question while the model works
+            seen_in_store.append([(m.role, m.content) for m in threads_svc.conversation(session=other, thread_id=t.id)])
+        return ModelResponse(parts=[output_call(info, "FinalAnswer", {"answer_markdown": "ok"})])
+
+    turns.ask(session=session, thread_id=t.id, content="Is it saved?", model=scripted(plan))
+    assert seen_in_store == [[("user", "Is it saved?")]]
+
+
+def test_threads_are_listed_newest_activity_first(session):
+    ws = ws_svc.create_workspace(session=session, name="W")
+    old = threads_svc.create_thread(session=session, workspace_id=ws.id, title="old")
+    new = threads_svc.create_thread(session=session, workspace_id=ws.id, title="new")
+    assert [t.id for t in threads_svc.list_threads(session=session, workspace_id=ws.id)] == [new.id, old.id]
+    turns.ask(session=session, thread_id=old.id, content="Q", model=sql_script([]))  # activity moves it up
+    assert [t.id for t in threads_svc.list_threads(session=session, workspace_id=ws.id)] == [old.id, new.id]

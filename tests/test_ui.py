@@ -229,3 +229,19 @@ def test_ambiguous_dates_can_be_switched_after_upload():
     assert not at.exception, at.exception
     at.switch_page("views/data.py").run()
     assert at.dataframe[0].value["booked"].dt.strftime("%Y-%m-%d").tolist() == ["2024-04-03", "2024-06-05"]
+
+
+def test_fork_from_a_question_offers_to_answer_it():
+    use_model(sql_script(["SELECT 1 AS one"], {"answer_markdown": "Answered once."}))
+    at = app()
+    at.text_input(key="new_ws_name").set_value("W")
+    at.button(key="create_ws").click().run()
+    at.chat_input[0].set_value("Q?").run()
+    [b for b in at.button if b.key and b.key.startswith("fork_")][0].click().run()  # fork from the question
+    assert "has no answer yet" in "\n".join(w.value for w in at.warning)
+    assert at.chat_input[0].disabled
+    use_model(sql_script(["SELECT 2 AS two"], {"answer_markdown": "Answered in the fork."}))
+    at.button(key="answer_unanswered").click().run()
+    assert not at.exception, at.exception
+    assert "Answered in the fork." in texts(at) and "Answered once." not in texts(at)
+    assert not at.chat_input[0].disabled

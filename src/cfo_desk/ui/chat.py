@@ -75,12 +75,14 @@ def render() -> None:
                 st.rerun()
 
     head = messages[-1] if messages else None
-    if head is not None and head.role == Role.user and not problem:
-        st.warning("This question has no answer yet.")
+    unanswered = head is not None and head.role == Role.user
+    if unanswered and not problem:
+        st.warning("This question has no answer yet. Answer it to go on, or fork from an earlier message.")
         if st.button("Answer this question", icon=":material/play_arrow:", key="answer_unanswered"):
             _run(thread.id, head, fresh=False)
 
-    prompt = st.chat_input("Ask about your data, e.g. What was MRR in December 2024?", disabled=bool(problem), key="composer")
+    placeholder = "Answer the open question first" if unanswered else "Ask about your data, e.g. What was MRR in December 2024?"
+    prompt = st.chat_input(placeholder, disabled=bool(problem) or unanswered, key="composer")
     prompt = prompt or st.session_state.pop("_queued_prompt", None)
     if prompt and not problem:
         if thread is None:
