@@ -149,3 +149,11 @@ def test_query_provenance_comes_from_the_table_itself(session, ws, tmp_path):
     ds_svc.upload_file(session=session, workspace_id=ws.id, filename="sales.csv", data=new, on_conflict="replace")
     r = run_query(duckdb_path(ws.key), "SELECT sum(a) AS s FROM sales", parquet_path=tmp_path / "q.parquet")
     assert r.rows == [[3]] and r.table_sha256 == {"sales": hashlib.sha256(new).hexdigest()}
+
+
+def test_workbook_totals_and_unsaved_formulas_are_flagged(session, ws, tmp_path):
+    path = write_xlsx(tmp_path / "rev.xlsx", {"Revenue 2024": [["month", "revenue"], [date(2024, 1, 1), 100], [date(2024, 2, 1), 200], ["Total", "=SUM(B2:B3)"]]})
+    (d,) = ds_svc.upload_file(session=session, workspace_id=ws.id, filename="rev.xlsx", data=path.read_bytes())
+    notes = " ".join(ds_svc.dataset_notes(d))
+    assert "1 formula cell(s)" in notes and "had no saved result" in notes
+    assert "Row(s) 4 of worksheet 'Revenue 2024' look like totals" in notes

@@ -146,3 +146,10 @@ def test_what_the_model_sees_is_size_capped(db):
     assert r.row_count == 200 and len(pd.read_parquet(r.parquet_path)["blob"].iloc[0]) == 500_000  # kept whole
     assert len(r.rows) < 200 and sum(len(repr(row)) for row in r.rows) <= 61_000
     assert r.rows[0][0].endswith("…[499,500 more chars]") and "size limit" in r.notes[0]
+
+
+def test_tables_read_survive_join_using_and_ctes(db, tmp_path):
+    with writer(db) as con:
+        con.execute("CREATE TABLE months AS SELECT DISTINCT month FROM revenue")
+    r = run(db, "WITH m AS (SELECT month FROM months) SELECT count(*) FROM revenue JOIN m USING (month) NATURAL JOIN months")
+    assert r.tables == ["months", "revenue"]  # get_table_names fails on USING; the parse tree still names them

@@ -169,6 +169,9 @@ def test_delete_source_thread_from_the_ui_keeps_the_fork():
     assert "Forked from" in texts(at)
     source = [b for b in at.sidebar.button if b.key and b.key.startswith("thread_") and "(fork)" not in b.label][0]
     source.click().run()
+    delete = [b for b in at.button if b.key and b.key.startswith("delete_thread_")][0]
+    assert delete.disabled  # nothing goes without the confirmation
+    [c for c in at.checkbox if c.key and c.key.startswith("sure_delete_")][0].check().run()
     [b for b in at.button if b.key and b.key.startswith("delete_thread_")][0].click().run()
     assert not at.exception, at.exception
     threads = [b.label for b in at.sidebar.button if b.key and b.key.startswith("thread_")]
@@ -213,6 +216,7 @@ def test_artifacts_and_settings_pages(monkeypatch):
     at.switch_page("views/artifacts.py").run()
     assert not at.exception, at.exception
     assert any("SELECT 42 AS answer" in c.value for c in at.code)
+    assert any("For the question: “The answer?”" in c.value for c in at.caption)
     assert at.dataframe[0].value["answer"].tolist() == [42]
     at.switch_page("views/settings.py").run()
     assert not at.exception, at.exception
@@ -245,3 +249,26 @@ def test_fork_from_a_question_offers_to_answer_it():
     assert not at.exception, at.exception
     assert "Answered in the fork." in texts(at) and "Answered once." not in texts(at)
     assert not at.chat_input[0].disabled
+
+
+def test_clarifying_question_options_answer_in_one_click():
+    from agent_script import output_call, scripted
+    from pydantic_ai.messages import ModelResponse
+
+    def ask_back(messages, info):
+        return ModelResponse(parts=[output_call(info, "Clarification", {"question": "Which churn?", "options": ["Logo churn", "Revenue churn"]})])
+
+    use_model(scripted(ask_back))
+    at = app()
+    at.text_input(key="new_ws_name").set_value("W")
+    at.button(key="create_ws").click().run()
+    at.chat_input[0].set_value("What is churn?").run()
+    assert "Which churn?" in texts(at)
+    seen: list = []
+    use_model(sql_script([], {"answer_markdown": "Logo churn it is."}, seen=seen))
+    [b for b in at.button if b.label == "Logo churn"][0].click().run()
+    assert not at.exception, at.exception
+    assert "Logo churn it is." in texts(at)
+    from test_threads import prompts_seen
+
+    assert prompts_seen(seen[0]) == ["What is churn?", "Logo churn"]

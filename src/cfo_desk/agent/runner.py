@@ -67,7 +67,7 @@ class TurnOutcome:
 def readable_error(exc: BaseException) -> str:
     """One or two sentences for the analyst describing why a run failed (never a traceback)."""
     if isinstance(exc, ModelAuthenticationError) or (isinstance(exc, ModelHTTPError) and exc.status_code in (401, 403)):
-        return "The model provider rejected the API key (authentication failed). Check the key for CFO_DESK_MODEL and try again."
+        return "The model provider rejected the API key (authentication failed). Check the provider's key (e.g. OPENAI_API_KEY or ANTHROPIC_API_KEY) and try again."
     if isinstance(exc, ModelRateLimitError) or (isinstance(exc, ModelHTTPError) and exc.status_code == 429):
         return "The model provider is rate-limiting requests right now. Wait a moment, then retry."
     if isinstance(exc, ModelConnectionError):
@@ -82,7 +82,7 @@ def readable_error(exc: BaseException) -> str:
     if isinstance(exc, UnexpectedModelBehavior):
         return f"The model did not produce a usable answer ({str(exc)[:300]}). Retry, or rephrase the question."
     if isinstance(exc, UserError):
-        return f"The model is not configured correctly: {str(exc).split('. ')[0]}."
+        return f"The model is not configured correctly: {str(exc).split('. ')[0].rstrip('.')}."
     if isinstance(exc, AgentRunError):
         return f"The agent run failed: {str(exc)[:300]}."
     return f"The turn failed unexpectedly ({type(exc).__name__}: {str(exc)[:300]})."

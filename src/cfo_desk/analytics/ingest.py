@@ -383,8 +383,8 @@ def _has_value(rows) -> bool:
     return any(v is not None and (not isinstance(v, str) or v.strip()) for row in rows for v in row)
 
 
-def _read_sheets(path: Path, name: str, table_names: dict[str | None, str]) -> list[tuple[str, str, list]]:
-    """(label, table name, rows of cell texts) for each requested worksheet, in request order."""
+def _read_sheets(path: Path, name: str, table_names: dict[str | None, str]) -> list[tuple[str, str, list, list[str]]]:
+    """(label, table name, rows of cell texts, warnings) for each requested worksheet, in request order."""
     if None in table_names:
         raise ValueError("for a workbook, table_names must map worksheet names to table names")
     wb = _open_workbook(path, name)
@@ -399,13 +399,48 @@ def _read_sheets(path: Path, name: str, table_names: dict[str | None, str]) -> l
                 if not any(_has_value(ws.iter_rows(values_only=True)) for ws in wb.worksheets):
                     raise IngestError(f"{name}: the workbook has no non-empty worksheet")
                 raise IngestError(f"{name}: worksheet {label!r} is empty")
-            out.append((label, table, rows))
+            out.append((label, table, rows, _sheet_warnings(path, label, rows)))
         return out
     finally:
         wb.close()
 
 
-def _load_sheet(con: duckdb.DuckDBPyConnection, rows: list, k: int, label: str, table: str) -> _Source:
+_TOTAL_ROW = re.compile(r"^\s*(grand\s+|sub\s*-?\s*)?totals?\b", re.IGNORECASE)
+
+
+def _sheet_warnings(path: Path, label: str, rows: list[list[str | None]]) -> list[str]:
+    """Notes on what a worksheet holds that is not plain data: formulas saved without their values
+    (read as empty: openpyxl only sees cached results), and rows that look like totals (kept as data,
+    so sums over the table would count them twice)."""
+    import openpyxl  # noqa: PLC0415
+
+    notes = []
+    wb = openpyxl.load_workbook(path, read_only=True, data_only=False, keep_links=False)
+    try:
+        formulas = sum(
+            1
+            for row, texts in zip(wb[label].iter_rows(values_only=True), rows)
+            for j, v in enumerate(row)
+            if isinstance(v, str) and v.startswith("=") and (j >= len(texts) or texts[j] is None)
+        )
+    finally:
+        wb.close()
+    if formulas:
+        notes.append(
+            f"{formulas} formula cell(s) in worksheet {label!r} had no saved result and were read as empty: "
+            "open the file in Excel, save it, and upload again"
+        )
+    totals = [i + 1 for i, r in enumerate(rows) if r and any(r) and _TOTAL_ROW.match(next((c for c in r if c), ""))]
+    if totals:
+        shown = ", ".join(map(str, totals[:5])) + ("…" if len(totals) > 5 else "")
+        notes.append(
+            f"Row(s) {shown} of worksheet {label!r} look like totals; they are kept as data, so exclude them "
+            "in SQL (or remove them) to avoid counting them twice"
+        )
+    return notes
+
+
+def _load_sheet(con: duckdb.DuckDBPyConnection, rows: list, k: int, label: str, table: str, notes: list[str]) -> _Source:
     """Put a worksheet's rows of cell texts into the temp table ``cfo_raw_{k}`` (via Arrow)."""
     width = max(len(r) for r in rows)
     columns = {f"c{j}": pa.array([r[j] if j < len(r) else None for r in rows], pa.string()) for j in range(width)}
@@ -414,7 +449,7 @@ def _load_sheet(con: duckdb.DuckDBPyConnection, rows: list, k: int, label: str, 
         con.execute(f"CREATE OR REPLACE TEMP TABLE cfo_raw_{k} AS SELECT * FROM cfo_arrow")
     finally:
         con.unregister("cfo_arrow")
-    return _Source(f"cfo_raw_{k}", label, table, [])
+    return _Source(f"cfo_raw_{k}", label, table, list(notes))
 
 
 # ----------------------------------------------------------------------------- typing
@@ -613,7 +648,7 @@ def _type_columns(
     order, notes = None, []
     if ambiguous:
         if date_order:
-            order, why = date_order, "the order you chose"
+            order, why = date_order, "you chose that order"
         elif len(known) == 1:
             order = next(iter(known))
             why = f"other date columns here are unambiguously {'day' if order == 'DMY' else 'month'}-first"
@@ -800,7 +835,7 @@ def ingest_file(
         if is_csv:
             sources = [_load_csv(con, path, original_name, ext, table_names[None], Path(tmp))]
         else:
-            sources = [_load_sheet(con, rows, k, label, table) for k, (label, table, rows) in enumerate(sheets)]
+            sources = [_load_sheet(con, rows, k, label, table, notes) for k, (label, table, rows, notes) in enumerate(sheets)]
         try:
             prepared = [_prepare(con, s, k, original_name, date_order) for k, s in enumerate(sources)]
         except duckdb.Error as e:

@@ -12,6 +12,7 @@ Safety, in order (recipe and evidence: shared/FACTS.md):
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -99,6 +100,35 @@ def unique_names(names: list[str]) -> list[str]:
     return out
 
 
+def _base_tables(node: object, out: set[str]) -> set[str]:
+    if isinstance(node, dict):
+        if node.get("type") == "BASE_TABLE" and isinstance(node.get("table_name"), str):
+            out.add(node["table_name"])
+        for value in node.values():
+            _base_tables(value, out)
+    elif isinstance(node, list):
+        for value in node:
+            _base_tables(value, out)
+    return out
+
+
+def tables_read(con: duckdb.DuckDBPyConnection, sql: str) -> list[str]:
+    """The workspace tables a query reads, by DuckDB's own parser.
+
+    `get_table_names` binds the query and fails on some valid SQL (DuckDB 2.0: `JOIN ... USING`,
+    `NATURAL JOIN`); then the parse tree from `json_serialize_sql` is walked for base-table
+    references, kept when such a table exists (so CTE names drop out unless they shadow a table).
+    """
+    try:
+        return sorted(con.get_table_names(sql))
+    except duckdb.Error:
+        pass
+    (tree,) = con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
+    names = _base_tables(json.loads(tree), set())
+    existing = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()").fetchall()}
+    return sorted(names & existing)
+
+
 def _interval_text(value: object) -> str | None:
     """An Arrow month-day-nano interval as DuckDB writes it: '1 year 2 months 3 days 04:05:06'."""
     if value is None:
@@ -163,10 +193,7 @@ def run_query(
     parquet_path.parent.mkdir(parents=True, exist_ok=True)
     with sandboxed_reader(db_path) as con:
         check_statement(con, sql)
-        try:
-            tables = sorted(con.get_table_names(sql))
-        except duckdb.Error:
-            tables = []
+        tables = tables_read(con, sql)
         provenance = read_provenance(con, tables)  # same connection, same lock: matches the rows read
         cur = con.cursor()
         timed_out = threading.Event()

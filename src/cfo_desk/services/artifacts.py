@@ -11,10 +11,10 @@ from sqlmodel import Session, select
 from cfo_desk.analytics.sandbox import read_result
 from cfo_desk.services.errors import NotFound
 from cfo_desk.storage.files import workspace_dir
-from cfo_desk.storage.models import Artifact, Workspace
+from cfo_desk.storage.models import Artifact, Message, Workspace
 
 # OWASP CSV injection: a cell starting with one of these is read as a formula by spreadsheets.
-__all__ = ["Artifact", "artifacts_by_message", "datasets_read", "list_artifacts", "result_frame", "to_safe_csv"]
+__all__ = ["Artifact", "artifacts_by_message", "datasets_read", "list_artifacts", "questions_for", "result_frame", "to_safe_csv"]
 
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -34,6 +34,14 @@ def list_artifacts(*, session: Session, workspace_id: int) -> list[Artifact]:
     """All artifacts of a workspace, newest first."""
     stmt = select(Artifact).where(Artifact.workspace_id == workspace_id).order_by(Artifact.id.desc())
     return list(session.exec(stmt))
+
+
+def questions_for(*, session: Session, artifacts: Iterable[Artifact]) -> dict[int, str]:
+    """{artifact id: the analyst's question whose answer produced it} (one query)."""
+    arts = list(artifacts)
+    answers = {m.id: m.parent_id for m in session.exec(select(Message).where(Message.id.in_({a.message_id for a in arts})))}
+    questions = {m.id: m.content for m in session.exec(select(Message).where(Message.id.in_(set(answers.values()) - {None})))}
+    return {a.id: questions.get(answers.get(a.message_id), "") for a in arts}
 
 
 def result_frame(*, session: Session, artifact: Artifact) -> pd.DataFrame:

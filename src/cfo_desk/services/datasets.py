@@ -26,7 +26,7 @@ from cfo_desk.services.workspaces import get_workspace
 from cfo_desk.storage.files import duckdb_path, workspace_dir, write_atomic
 from cfo_desk.storage.models import Dataset, utcnow
 
-__all__ = ["DuplicateUpload", "IngestError", "delete_dataset", "list_datasets", "set_date_order", "upload_file"]
+__all__ = ["DuplicateUpload", "IngestError", "delete_dataset", "list_datasets", "replace_targets", "set_date_order", "upload_file"]
 
 MAX_UPLOAD_BYTES = 200 * 1024 * 1024  # matches server.maxUploadSize in .streamlit/config.toml
 OnConflict = Literal["ask", "replace", "keep_both"]
@@ -75,6 +75,15 @@ def ambiguous_date_columns(ds: Dataset) -> list[str]:
     return json.loads(ds.ambiguous_date_columns_json or "[]")
 
 
+def replace_targets(same_file: list[Dataset]) -> list[Dataset]:
+    """Which of the datasets from one file name a "replace" overwrites: the newest per worksheet
+    (after "keep both" there may be several copies; older ones stay)."""
+    newest: dict[str | None, Dataset] = {}
+    for d in sorted(same_file, key=lambda d: (d.created_at, d.id)):
+        newest[d.sheet_name] = d
+    return sorted(newest.values(), key=lambda d: d.table_name)
+
+
 def upload_file(
     *,
     session: Session,
@@ -102,12 +111,7 @@ def upload_file(
     existing = list(session.exec(select(Dataset).where(Dataset.workspace_id == ws.id, Dataset.source_filename == original)))
     if existing and on_conflict == "ask":
         raise DuplicateUpload(original, existing)
-    replacing: list[Dataset] = []
-    if on_conflict == "replace":  # the newest dataset per worksheet (after "keep both" there may be several)
-        newest: dict[str | None, Dataset] = {}
-        for d in sorted(existing, key=lambda d: (d.created_at, d.id)):
-            newest[d.sheet_name] = d
-        replacing = list(newest.values())
+    replacing = replace_targets(existing) if on_conflict == "replace" else []
 
     # One upload at a time per workspace: names are chosen, ingested and recorded under the lock, so
     # two sessions can never pick the same table name and overwrite each other's table.

@@ -19,12 +19,16 @@ def render() -> None:
         return
     with open_session() as session:
         arts = artifacts_svc.list_artifacts(session=session, workspace_id=ws_id)
+        questions = artifacts_svc.questions_for(session=session, artifacts=arts)
     if not arts:
         st.info("No results yet. Each query the agent runs is kept here with its SQL and the datasets it read.")
         return
     st.caption(f"{len(arts)} query result(s), newest first.")
     for art in arts:
-        with st.expander(f"{art.title} · {art.row_count:,} row(s) · {art.created_at:%Y-%m-%d %H:%M}"):
+        with st.expander(f"{art.handle} · {art.title} · {art.row_count:,} row(s) · {art.created_at:%Y-%m-%d %H:%M}"):
+            question = questions.get(art.id)
+            if question:
+                st.caption(f"For the question: “{question[:300]}”")
             st.code(art.sql or "", language="sql", wrap_lines=True)
             read = artifacts_svc.datasets_read(art)
             if read:

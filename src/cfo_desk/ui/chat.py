@@ -32,6 +32,9 @@ def render() -> None:
         return
 
     problem = turns.asking_problem()
+    # A submitted question is run on the next pass, after the composer is drawn disabled, so nothing
+    # can be typed (and lost) while the agent works.
+    pending = None if problem else st.session_state.pop("_pending_prompt", None)
     thread_id = state.current_thread_id()
     with open_session() as session:
         try:
@@ -40,6 +43,8 @@ def render() -> None:
             thread = None
         if thread is not None and thread.workspace_id != ws_id:
             thread = None
+        if thread is None and thread_id is not None:
+            state.open_thread(None)  # a deleted or foreign thread: start fresh, and say so in the URL
         messages = threads_svc.conversation(session=session, thread_id=thread.id) if thread else []
         arts = artifacts_svc.artifacts_by_message(session=session, message_ids=[m.id for m in messages])
         frames = {a.id: _frame(session, a) for items in arts.values() for a in items}
@@ -63,15 +68,15 @@ def render() -> None:
     for msg in messages:
         _message(msg, thread.id, arts.get(msg.id, []), frames, is_head=(msg.id == thread.head_message_id))
 
-    if not messages and not problem:
+    if not messages and not problem and pending is None:
         with open_session() as session:
-            suggestions = samples.suggested_questions(session=session, workspace_id=ws_id)[:4]
+            suggestions = samples.suggested_questions(session=session, workspace_id=ws_id)[:6]
         if suggestions:
             st.markdown("**Try asking**")
         cols = st.columns(2)
         for i, q in enumerate(suggestions):
             if cols[i % 2].button(q, key=f"sample_q_{i}", width="stretch"):
-                st.session_state["_queued_prompt"] = q
+                st.session_state["_pending_prompt"] = q
                 st.rerun()
 
     head = messages[-1] if messages else None
@@ -81,10 +86,18 @@ def render() -> None:
         if st.button("Answer this question", icon=":material/play_arrow:", key="answer_unanswered"):
             _run(thread.id, head, fresh=False)
 
-    placeholder = "Answer the open question first" if unanswered else "Ask about your data, e.g. What was MRR in December 2024?"
-    prompt = st.chat_input(placeholder, disabled=bool(problem) or unanswered, key="composer")
-    prompt = prompt or st.session_state.pop("_queued_prompt", None)
+    if pending is not None:
+        placeholder = "Working on your question…"
+    elif unanswered:
+        placeholder = "Answer the open question first"
+    else:
+        placeholder = "Ask about your data, e.g. What was MRR in December 2024?"
+    prompt = st.chat_input(placeholder, disabled=bool(problem) or unanswered or pending is not None, key="composer")
     if prompt and not problem:
+        st.session_state["_pending_prompt"] = prompt
+        st.rerun()
+    if pending:
+        prompt = pending
         if thread is None:
             with open_session() as session:
                 thread = threads_svc.create_thread(session=session, workspace_id=ws_id)
@@ -109,8 +122,8 @@ def _thread_menu(thread) -> None:
                 st.error(str(exc))
             else:
                 st.rerun()
-    st.caption("Deleting a thread keeps every fork made from it whole.")
-    if st.button("Delete thread", icon=":material/delete:", key=f"delete_thread_{thread.id}"):
+    sure = st.checkbox("Delete this thread, its answers and their results (forks made from it stay whole)", key=f"sure_delete_{thread.id}")
+    if st.button("Delete thread", icon=":material/delete:", key=f"delete_thread_{thread.id}", disabled=not sure):
         with open_session() as session:
             threads_svc.delete_thread(session=session, thread_id=thread.id)
         state.open_thread(None)
@@ -172,14 +185,22 @@ def _message(msg: Message, thread_id: int, arts: list[Artifact], frames: dict, *
         elif msg.status == MessageStatus.failed:
             st.error(msg.error or msg.content, icon=":material/error:")
             st.caption("A failed turn is not sent to the model in later turns; Retry to run it again.")
-            if is_head and st.button("Retry", key=f"retry_{msg.id}", icon=":material/refresh:"):
+            if is_head and st.button("Retry", key=f"retry_{msg.id}", icon=":material/refresh:", disabled=turns.asking_problem() is not None):
                 with open_session() as session:
                     user_msg = threads_svc.get_message(session=session, message_id=msg.parent_id)
                 _run(thread_id, user_msg, fresh=False)
         elif msg.status == MessageStatus.clarification:
             st.markdown(":material/help: **A question before I answer**")
-            st.markdown(safe_markdown(msg.content))
-            st.caption("Reply in the box below.")
+            output = json.loads(msg.output_json or "{}")
+            st.markdown(safe_markdown(output.get("question") or msg.content))
+            options = output.get("options") or []
+            if is_head and options:
+                cols = st.columns(min(len(options), 3))
+                for i, option in enumerate(options):
+                    if cols[i % len(cols)].button(option, key=f"option_{msg.id}_{i}", disabled=turns.asking_problem() is not None):
+                        st.session_state["_pending_prompt"] = option
+                        st.rerun()
+            st.caption("Pick an answer" + (" above" if is_head and options else "") + ", or reply in the box below.")
         else:
             _answer(msg, arts, frames)
         _message_footer(msg, thread_id)

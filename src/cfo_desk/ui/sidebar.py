@@ -39,7 +39,9 @@ def render() -> None:
 def _workspace_picker(all_ws, ws_id: int | None) -> None:
     if all_ws:
         names = {w.id: w.name for w in all_ws}
-        chosen = st.selectbox("Workspace", options=list(names), index=list(names).index(ws_id), format_func=names.get, key=f"ws_pick_{ws_id}")
+        # The key changes with the names, so a rename shows at once (a widget keeps its old labels otherwise).
+        pick_key = f"ws_pick_{ws_id}_{abs(hash(tuple(names.items())))}"
+        chosen = st.selectbox("Workspace", options=list(names), index=list(names).index(ws_id), format_func=names.get, key=pick_key)
         if chosen != ws_id:
             state.open_workspace(chosen)
             st.rerun()
@@ -72,7 +74,8 @@ def _workspace_picker(all_ws, ws_id: int | None) -> None:
         return
     with st.popover("Manage workspace", icon=":material/settings:", width="stretch"):
         with st.form("rename_workspace", border=False):
-            new_name = st.text_input("Rename to", value={w.id: w.name for w in all_ws}[ws_id], key=f"rename_ws_{ws_id}")
+            current_name = {w.id: w.name for w in all_ws}[ws_id]
+            new_name = st.text_input("Rename to", value=current_name, key=f"rename_ws_{ws_id}_{abs(hash(current_name))}")
             if st.form_submit_button("Rename", key="rename_ws"):
                 try:
                     with open_session() as session:
@@ -146,7 +149,7 @@ def _uploader(ws_id: int) -> None:
     _pending_conflicts(ws_id)
 
 
-def _ingest_one(ws_id: int, name: str, data: bytes, on_conflict: str, pending: list) -> None:
+def _ingest_one(ws_id: int, name: str, data: bytes, on_conflict: str, pending: list, verb: str = "Loaded") -> None:
     try:
         with open_session() as session:
             made = datasets_svc.upload_file(session=session, workspace_id=ws_id, filename=name, data=data, on_conflict=on_conflict)
@@ -156,7 +159,7 @@ def _ingest_one(ws_id: int, name: str, data: bytes, on_conflict: str, pending: l
         st.session_state.setdefault("_upload_msgs", []).append(("error", str(exc), None))
     else:
         for ds in made:
-            text = f"Loaded **{ds.source_filename}**{f' [{ds.sheet_name}]' if ds.sheet_name else ''} as `{ds.table_name}` ({ds.row_count:,} rows)."
+            text = f"{verb} **{ds.source_filename}**{f' [{ds.sheet_name}]' if ds.sheet_name else ''} as `{ds.table_name}` ({ds.row_count:,} rows)."
             st.session_state.setdefault("_upload_msgs", []).append(("success", text, ds.id))
 
 
@@ -206,7 +209,10 @@ def _pending_conflicts(ws_id: int) -> None:
         return
     name, data = pending[0]
     with st.container(border=True):
-        st.warning(f"**{name}** was uploaded before. Replace the existing dataset, or keep both?")
+        with open_session() as session:
+            same = [d for d in datasets_svc.list_datasets(session=session, workspace_id=ws_id) if d.source_filename == name]
+        target = ", ".join(f"`{d.table_name}`" for d in datasets_svc.replace_targets(same))
+        st.warning(f"**{name}** was uploaded before. Replace {target} with the new file, or keep both?")
         a, b, c = st.columns(3)
         choice = None
         if a.button("Replace", key="conflict_replace", type="primary"):
@@ -218,7 +224,7 @@ def _pending_conflicts(ws_id: int) -> None:
     if choice:
         rest = pending[1:]
         if choice != "skip":
-            _ingest_one(ws_id, name, data, choice, rest)
+            _ingest_one(ws_id, name, data, choice, rest, verb="Replaced" if choice == "replace" else "Loaded")
         st.session_state["_pending_uploads"] = rest
         st.rerun()
 
