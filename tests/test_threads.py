@@ -258,13 +258,12 @@ def test_an_interrupted_run_is_recorded_as_failed_and_leaves_no_files(session):
     assert list(workspace_dir(ws.key).rglob("*.parquet")) == [] and count(session, Artifact) == 0
 
 
-def test_sqlite_runs_with_wal_and_foreign_keys(session, store):
-    if store != "sqlite":
-        pytest.skip("SQLite pragmas")
+def test_sqlite_runs_with_wal_and_foreign_keys():
     from sqlalchemy import text
 
-    assert session.execute(text("PRAGMA journal_mode")).scalar() == "wal"
-    assert session.execute(text("PRAGMA foreign_keys")).scalar() == 1
+    with session_scope() as sqlite_session:  # the default store: SQLite under CFO_DESK_HOME
+        assert sqlite_session.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert sqlite_session.execute(text("PRAGMA foreign_keys")).scalar() == 1
 
 
 def test_question_is_committed_before_the_run_starts(session):
