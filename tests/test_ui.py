@@ -20,6 +20,13 @@ def app() -> AppTest:
     return at.run()
 
 
+def create_workspace(at: AppTest, name: str) -> None:
+    """Create and open a workspace through the sidebar's New workspace form."""
+    at.text_input(key="new_ws_name").set_value(name)
+    at.button(key="create_ws").click().run()
+    assert not at.exception, at.exception
+
+
 def texts(at: AppTest) -> str:
     """Everything the main area shows as markdown, captions, errors, infos."""
     parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [e.value for e in at.error] + [i.value for i in at.info]
@@ -34,8 +41,7 @@ def answer_with_total(returns):
 def test_no_model_configured_says_what_to_set():
     at = app()
     assert not at.exception
-    at.text_input(key="new_ws_name").set_value("Acme")
-    at.button(key="create_ws").click().run()
+    create_workspace(at, "Acme")
     assert "To ask questions, set CFO_DESK_MODEL" in texts(at)
     assert at.chat_input[0].disabled
 
@@ -45,8 +51,7 @@ def test_journey_create_upload_ask_fork(tmp_path):
     assert not at.exception, at.exception
     assert at.button(key="load_sample")  # an empty install offers the sample
 
-    at.text_input(key="new_ws_name").set_value("Acme FP&A")
-    at.button(key="create_ws").click().run()
+    create_workspace(at, "Acme FP&A")
     assert not at.exception, at.exception
     assert at.sidebar.selectbox[0].value is not None
 
@@ -88,8 +93,7 @@ def test_journey_create_upload_ask_fork(tmp_path):
 def test_failed_turn_offers_retry():
     use_model(sql_script([], {"answer_markdown": "unused"}))
     at = app()
-    at.text_input(key="new_ws_name").set_value("W")
-    at.button(key="create_ws").click().run()
+    create_workspace(at, "W")
 
     def broken(messages, info):
         raise RuntimeError("boom")
@@ -110,8 +114,7 @@ def test_failed_turn_offers_retry():
 
 def test_duplicate_upload_asks_replace_or_keep_both():
     at = app()
-    at.text_input(key="new_ws_name").set_value("W")
-    at.button(key="create_ws").click().run()
+    create_workspace(at, "W")
     at.sidebar.file_uploader[0].set_value(("revenue.csv", REVENUE_CSV, "text/csv")).run()
     at.sidebar.file_uploader[0].set_value(("revenue.csv", REVENUE_CSV + b"2025-01-01;EMEA;5,00\n", "text/csv")).run()
     assert any("uploaded before" in w.value for w in at.sidebar.warning)
@@ -125,8 +128,7 @@ def test_duplicate_upload_asks_replace_or_keep_both():
 
 def test_bad_file_gets_a_specific_error():
     at = app()
-    at.text_input(key="new_ws_name").set_value("W")
-    at.button(key="create_ws").click().run()
+    create_workspace(at, "W")
     at.sidebar.file_uploader[0].set_value(("broken.xlsx", b"this is not a workbook", "application/octet-stream")).run()
     assert not at.exception, at.exception
     assert any("broken.xlsx" in e.value for e in at.sidebar.error)
@@ -162,8 +164,7 @@ def test_newcomer_asks_a_sample_question_in_one_click():
 def test_delete_source_thread_from_the_ui_keeps_the_fork():
     use_model(sql_script(["SELECT 1 AS one"], {"answer_markdown": "First answer."}))
     at = app()
-    at.text_input(key="new_ws_name").set_value("W")
-    at.button(key="create_ws").click().run()
+    create_workspace(at, "W")
     at.chat_input[0].set_value("First question").run()
     [b for b in at.button if b.key and b.key.startswith("fork_")][-1].click().run()
     assert "Forked from" in texts(at)
@@ -210,8 +211,7 @@ def test_artifacts_and_settings_pages(monkeypatch):
 
     use_model(sql_script(["SELECT 42 AS answer"], {"answer_markdown": "42."}))
     at = app()
-    at.text_input(key="new_ws_name").set_value("W")
-    at.button(key="create_ws").click().run()
+    create_workspace(at, "W")
     at.chat_input[0].set_value("The answer?").run()
     at.switch_page("views/artifacts.py").run()
     assert not at.exception, at.exception
@@ -225,8 +225,7 @@ def test_artifacts_and_settings_pages(monkeypatch):
 
 def test_ambiguous_dates_can_be_switched_after_upload():
     at = app()
-    at.text_input(key="new_ws_name").set_value("W")
-    at.button(key="create_ws").click().run()
+    create_workspace(at, "W")
     at.sidebar.file_uploader[0].set_value(("bank.csv", b"booked,amount\n03/04/2024,10\n05/06/2024,20\n", "text/csv")).run()
     assert any("every day was ≤ 12" in c.value and "month/day" in c.value for c in at.sidebar.caption)
     at.sidebar.button(key="dos_0").click().run()
@@ -238,8 +237,7 @@ def test_ambiguous_dates_can_be_switched_after_upload():
 def test_fork_from_a_question_offers_to_answer_it():
     use_model(sql_script(["SELECT 1 AS one"], {"answer_markdown": "Answered once."}))
     at = app()
-    at.text_input(key="new_ws_name").set_value("W")
-    at.button(key="create_ws").click().run()
+    create_workspace(at, "W")
     at.chat_input[0].set_value("Q?").run()
     [b for b in at.button if b.key and b.key.startswith("fork_")][0].click().run()  # fork from the question
     assert "has no answer yet" in "\n".join(w.value for w in at.warning)
@@ -260,8 +258,7 @@ def test_clarifying_question_options_answer_in_one_click():
 
     use_model(scripted(ask_back))
     at = app()
-    at.text_input(key="new_ws_name").set_value("W")
-    at.button(key="create_ws").click().run()
+    create_workspace(at, "W")
     at.chat_input[0].set_value("What is churn?").run()
     assert "Which churn?" in texts(at)
     seen: list = []
