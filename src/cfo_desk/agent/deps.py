@@ -55,6 +55,7 @@ class AgentDeps:
     results: list[QueryResultRecord] = field(default_factory=list)
     first_handle: int = 1
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _handles_given: int = field(default=0, repr=False)
 
     def next_handle(self) -> str:
         """The next result handle, q<first_handle>, ... (safe when tools run concurrently).
@@ -62,8 +63,8 @@ class AgentDeps:
         Handles continue along the conversation's path, so no two results the model sees share one.
         """
         with self._lock:
-            self._counter = getattr(self, "_counter", self.first_handle - 1) + 1
-            return f"q{self._counter}"
+            self._handles_given += 1
+            return f"q{self.first_handle + self._handles_given - 1}"
 
     def add_result(self, record: QueryResultRecord) -> None:
         """Keep a finished result (thread-safe)."""

@@ -14,7 +14,7 @@ from cfo_desk.storage.files import workspace_dir
 from cfo_desk.storage.models import Artifact, Message, Workspace
 
 # OWASP CSV injection: a cell starting with one of these is read as a formula by spreadsheets.
-__all__ = ["Artifact", "artifacts_by_message", "datasets_read", "list_artifacts", "questions_for", "result_frame", "to_safe_csv"]
+__all__ = ["Artifact", "artifacts_by_message", "datasets_read", "get_artifact", "list_artifacts", "questions_for", "result_frame", "to_safe_csv"]
 
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -42,6 +42,14 @@ def questions_for(*, session: Session, artifacts: Iterable[Artifact]) -> dict[in
     answers = {m.id: m.parent_id for m in session.exec(select(Message).where(Message.id.in_({a.message_id for a in arts})))}
     questions = {m.id: m.content for m in session.exec(select(Message).where(Message.id.in_(set(answers.values()) - {None})))}
     return {a.id: questions.get(answers.get(a.message_id), "") for a in arts}
+
+
+def get_artifact(*, session: Session, artifact_id: int) -> Artifact:
+    """The artifact with this id; raises NotFound."""
+    art = session.get(Artifact, artifact_id)
+    if art is None:
+        raise NotFound("That result no longer exists.")
+    return art
 
 
 def result_frame(*, session: Session, artifact: Artifact) -> pd.DataFrame:

@@ -107,19 +107,19 @@ def upload_file(
         raise InvalidInput(f"{original}: the file is empty.")
     if len(data) > MAX_UPLOAD_BYTES:
         raise InvalidInput(f"{original}: the file is larger than {MAX_UPLOAD_BYTES // 2**20} MB.")
-    session.expire_all()  # read what other sessions committed
-    existing = list(session.exec(select(Dataset).where(Dataset.workspace_id == ws.id, Dataset.source_filename == original)))
-    if existing and on_conflict == "ask":
-        raise DuplicateUpload(original, existing)
-    replacing = replace_targets(existing) if on_conflict == "replace" else []
-
-    # One upload at a time per workspace: names are chosen, ingested and recorded under the lock, so
-    # two sessions can never pick the same table name and overwrite each other's table.
+    # One upload at a time per workspace: the same-name check, the table names, the ingest and the
+    # rows all happen under the lock, so two sessions can never both skip the "replace or keep
+    # both?" question, nor pick the same table name and overwrite each other's table.
     with workspace_lock(duckdb_path(ws.key)):
-        return _upload_locked(session, ws, original, data, existing, replacing, date_order)
+        session.expire_all()  # read what other sessions committed
+        existing = list(session.exec(select(Dataset).where(Dataset.workspace_id == ws.id, Dataset.source_filename == original)))
+        if existing and on_conflict == "ask":
+            raise DuplicateUpload(original, existing)
+        replacing = replace_targets(existing) if on_conflict == "replace" else []
+        return _upload_locked(session, ws, original, data, replacing, date_order)
 
 
-def _upload_locked(session, ws, original, data, existing, replacing, date_order) -> list[Dataset]:
+def _upload_locked(session: Session, ws, original: str, data: bytes, replacing: list[Dataset], date_order: str | None) -> list[Dataset]:
     sha = hashlib.sha256(data).hexdigest()
     rel = f"uploads/{sha[:12]}-{_safe_filename(original)}"
     folder = workspace_dir(ws.key)

@@ -47,7 +47,7 @@ def render() -> None:
             state.open_thread(None)  # a deleted or foreign thread: start fresh, and say so in the URL
         messages = threads_svc.conversation(session=session, thread_id=thread.id) if thread else []
         arts = artifacts_svc.artifacts_by_message(session=session, message_ids=[m.id for m in messages])
-        frames = {a.id: _frame(session, a) for items in arts.values() for a in items}
+    frames = {a.id: _frame(a.id, a.file_path, a.handle) for items in arts.values() for a in items}
 
     if thread is None:
         st.title("New thread")
@@ -66,7 +66,7 @@ def render() -> None:
         st.info(problem, icon=":material/key:")
 
     for msg in messages:
-        _message(msg, thread.id, arts.get(msg.id, []), frames, is_head=(msg.id == thread.head_message_id))
+        _message(msg, thread.id, arts.get(msg.id, []), frames, is_head=(msg.id == thread.head_message_id), can_ask=not problem)
 
     if not messages and not problem and pending is None:
         with open_session() as session:
@@ -131,12 +131,19 @@ def _thread_menu(thread) -> None:
         st.rerun()
 
 
-def _frame(session, artifact: Artifact):
-    """The result's rows, or a sentence saying why they can't be shown (never breaks the thread)."""
+@st.cache_data(max_entries=256, show_spinner=False)
+def _frame(artifact_id: int, file_path: str, handle: str):
+    """The result's rows, or a sentence saying why they can't be shown (never breaks the thread).
+
+    Cached per artifact: a committed result file never changes (its path holds the run's uuid), so
+    reruns don't re-read every Parquet file on the path. `file_path` is part of the key on purpose.
+    """
     try:
-        return artifacts_svc.result_frame(session=session, artifact=artifact)
+        with open_session() as session:
+            artifact = artifacts_svc.get_artifact(session=session, artifact_id=artifact_id)
+            return artifacts_svc.result_frame(session=session, artifact=artifact)
     except Exception as exc:  # a missing or unreadable file must not take the whole thread down
-        return f"The result of {artifact.handle} can't be shown: {exc}"
+        return f"The result of {handle} can't be shown: {exc}"
 
 
 def _run(thread_id: int, user_msg: Message, *, fresh: bool) -> None:
@@ -177,7 +184,7 @@ def _run(thread_id: int, user_msg: Message, *, fresh: bool) -> None:
     st.rerun()
 
 
-def _message(msg: Message, thread_id: int, arts: list[Artifact], frames: dict, *, is_head: bool) -> None:
+def _message(msg: Message, thread_id: int, arts: list[Artifact], frames: dict, *, is_head: bool, can_ask: bool) -> None:
     role = "user" if msg.role == Role.user else "assistant"
     with st.chat_message(role):
         if msg.role == Role.user:
@@ -185,7 +192,7 @@ def _message(msg: Message, thread_id: int, arts: list[Artifact], frames: dict, *
         elif msg.status == MessageStatus.failed:
             st.error(msg.error or msg.content, icon=":material/error:")
             st.caption("A failed turn is not sent to the model in later turns; Retry to run it again.")
-            if is_head and st.button("Retry", key=f"retry_{msg.id}", icon=":material/refresh:", disabled=turns.asking_problem() is not None):
+            if is_head and st.button("Retry", key=f"retry_{msg.id}", icon=":material/refresh:", disabled=not can_ask):
                 with open_session() as session:
                     user_msg = threads_svc.get_message(session=session, message_id=msg.parent_id)
                 _run(thread_id, user_msg, fresh=False)
@@ -197,7 +204,7 @@ def _message(msg: Message, thread_id: int, arts: list[Artifact], frames: dict, *
             if is_head and options:
                 cols = st.columns(min(len(options), 3))
                 for i, option in enumerate(options):
-                    if cols[i % len(cols)].button(option, key=f"option_{msg.id}_{i}", disabled=turns.asking_problem() is not None):
+                    if cols[i % len(cols)].button(option, key=f"option_{msg.id}_{i}", disabled=not can_ask):
                         st.session_state["_pending_prompt"] = option
                         st.rerun()
             st.caption("Pick an answer" + (" above" if is_head and options else "") + ", or reply in the box below.")
