@@ -7,6 +7,7 @@ output tool. Works for plain and streamed runs (the app streams progress events)
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from typing import Any
@@ -28,13 +29,16 @@ def turn_returns(messages: list[ModelMessage]) -> list[ToolReturnPart]:
     return out
 
 
-def scripted(plan: Plan) -> FunctionModel:
-    """A FunctionModel (plain and streaming) whose every response comes from `plan`."""
+def scripted(plan: Plan, *, delay_s: float = 0.0) -> FunctionModel:
+    """A FunctionModel (plain and streaming) whose every response comes from `plan`, each after
+    `delay_s` seconds of (asyncio) thinking time, like a real model's latency."""
 
-    def fn(messages, info):
+    async def fn(messages, info):
+        await asyncio.sleep(delay_s)
         return plan(messages, info)
 
     async def stream_fn(messages, info):
+        await asyncio.sleep(delay_s)
         resp = plan(messages, info)
         for i, part in enumerate(resp.parts):
             if isinstance(part, TextPart):
@@ -56,6 +60,7 @@ def sql_script(
     answer: Callable[[list[ToolReturnPart]], dict[str, Any]] | dict[str, Any] | None = None,
     *,
     seen: list | None = None,
+    delay_s: float = 0.0,
 ) -> FunctionModel:
     """Run each SQL via run_sql, then answer with `answer` (a dict, or built from the tool returns).
 
@@ -71,7 +76,7 @@ def sql_script(
         args = answer(returns) if callable(answer) else (answer or {"answer_markdown": "Done."})
         return ModelResponse(parts=[output_call(info, "FinalAnswer", args)])
 
-    return scripted(plan)
+    return scripted(plan, delay_s=delay_s)
 
 
 def result_content(ret: ToolReturnPart) -> dict[str, Any]:

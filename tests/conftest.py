@@ -12,6 +12,7 @@ from sqlalchemy.exc import OperationalError
 
 from cfo_desk.agent.core import use_model
 from cfo_desk.config import get_settings
+from cfo_desk.services.worker import shutdown_worker
 from cfo_desk.storage.db import dispose_engines, session_scope
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/ helpers (stub_openai, agent_script, messy_files)
@@ -30,6 +31,7 @@ def home(tmp_path, monkeypatch) -> Path:
     dispose_engines()
     use_model(None)
     yield home
+    shutdown_worker()  # a worker started by an AppTest must not outlive its test's store
     use_model(None)
     dispose_engines()
     get_settings.cache_clear()

@@ -53,7 +53,7 @@ def test_mrr_december_2024_is_right_and_a_bad_query_is_retried(session, sample):
     assert frame["mrr_usd"].iloc[0] == pytest.approx(expected, abs=0.005)
     assert frame["active_customers"].iloc[0] == reference_active_customers(subs, 2024, 12)
     assert art.handle == "q1" and art.sql == MRR_SQL and art.title == "Step 2"  # the failed query got no handle
-    (read,) = artifacts_svc.datasets_read(art)
+    (read,) = art.datasets_read
     subs_ds = next(d for d in list_datasets(session=session, workspace_id=ws.id) if d.table_name == "subscriptions")
     assert (read["table"], read["sha256"], read["source"]) == ("subscriptions", subs_ds.sha256, "subscriptions.csv")
 

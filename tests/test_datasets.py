@@ -38,12 +38,12 @@ def test_csv_upload_records_provenance_and_types(session, ws):
     import hashlib
 
     assert d.sha256 == hashlib.sha256(CSV).hexdigest()
-    assert ds_svc.dataset_columns(d) == [
+    assert d.columns == [
         {"name": "invoice_date", "type": "DATE"}, {"name": "customer", "type": "VARCHAR"}, {"name": "amount", "type": "DECIMAL(18,2)"},
     ]
     assert (workspace_dir(ws.key) / d.file_path).read_bytes() == CSV  # the original is kept as uploaded
     # 03/04 and 05/06 fit both orders: the assumed order is recorded and can be switched.
-    assert d.date_order == "MDY" and ds_svc.ambiguous_date_columns(d) == ["invoice_date"]
+    assert d.date_order == "MDY" and d.ambiguous_date_columns == ["invoice_date"]
     assert [r[0] for r in table_rows(ws, "q1_invoices")] == [date(2024, 3, 4), date(2024, 5, 6)]
     d = ds_svc.set_date_order(session=session, dataset_id=d.id, date_order="DMY")
     assert d.date_order == "DMY"
@@ -154,6 +154,6 @@ def test_query_provenance_comes_from_the_table_itself(session, ws, tmp_path):
 def test_workbook_totals_and_unsaved_formulas_are_flagged(session, ws, tmp_path):
     path = write_xlsx(tmp_path / "rev.xlsx", {"Revenue 2024": [["month", "revenue"], [date(2024, 1, 1), 100], [date(2024, 2, 1), 200], ["Total", "=SUM(B2:B3)"]]})
     (d,) = ds_svc.upload_file(session=session, workspace_id=ws.id, filename="rev.xlsx", data=path.read_bytes())
-    notes = " ".join(ds_svc.dataset_notes(d))
+    notes = " ".join(d.notes)
     assert "1 formula cell(s)" in notes and "had no saved result" in notes
     assert "Row(s) 4 of worksheet 'Revenue 2024' look like totals" in notes

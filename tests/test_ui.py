@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,24 @@ REVENUE_CSV = b"month;region;revenue\n2024-10-01;EMEA;1.200,50\n2024-11-01;EMEA;
 
 def app() -> AppTest:
     at = AppTest.from_file(APP, default_timeout=60)
+    return at.run()
+
+
+def settle(at: AppTest, timeout_s: float = 30.0) -> AppTest:
+    """Wait until the background worker has no open run left in the store, then rerun the page
+    (in a browser the page's live fragment does that rerun by itself)."""
+    from cfo_desk.services.session import open_session
+    from cfo_desk.storage.models import Run, RunStatus
+    from sqlmodel import select
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with open_session() as session:
+            if not session.exec(select(Run.id).where(Run.status.in_([RunStatus.queued, RunStatus.running]))).first():
+                break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("runs still open after the timeout")
     return at.run()
 
 
@@ -63,6 +82,7 @@ def test_journey_create_upload_ask_fork(tmp_path):
     use_model(sql_script(["SELECT sum(revenue) AS total FROM revenue WHERE month = DATE '2024-12-01'"], answer_with_total))
     at.button(key="new_thread").click().run()
     at.chat_input[0].set_value("What was revenue in December 2024?").run()
+    settle(at)
     assert not at.exception, at.exception
     shown = texts(at)
     assert "December 2024 revenue was **2,250.00 EUR**." in shown
@@ -80,6 +100,7 @@ def test_journey_create_upload_ask_fork(tmp_path):
 
     use_model(sql_script(["SELECT count(*) AS n FROM revenue"], lambda r: {"answer_markdown": "There are **4** revenue rows."}))
     at.chat_input[0].set_value("How many rows?").run()
+    settle(at)
     assert "There are **4** revenue rows." in texts(at)
     assert "December 2024 revenue was" in texts(at)
 
@@ -103,12 +124,14 @@ def test_failed_turn_offers_retry():
     use_model(scripted(broken))
     at.run()
     at.chat_input[0].set_value("Anything?").run()
+    settle(at)
     assert not at.exception, at.exception
     assert any("boom" in e.value for e in at.error)
     retry = [b for b in at.button if b.key and b.key.startswith("retry_")]
     assert retry
     use_model(sql_script(["SELECT 1 AS one"], {"answer_markdown": "Recovered."}))
     retry[0].click().run()
+    settle(at)
     assert "Recovered." in texts(at)
 
 
@@ -155,6 +178,7 @@ def test_newcomer_asks_a_sample_question_in_one_click():
     at.button(key="load_sample").click().run()
     assert at.button(key="sample_q_0").label == "What was MRR in December 2024?"
     at.button(key="sample_q_0").click().run()
+    settle(at)
     assert not at.exception, at.exception
     expected = reference_mrr(generate().subscriptions, 2024, 12)
     assert f"MRR in December 2024 was **${expected:,.2f}**." in texts(at)
@@ -166,6 +190,7 @@ def test_delete_source_thread_from_the_ui_keeps_the_fork():
     at = app()
     create_workspace(at, "W")
     at.chat_input[0].set_value("First question").run()
+    settle(at)
     [b for b in at.button if b.key and b.key.startswith("fork_")][-1].click().run()
     assert "Forked from" in texts(at)
     source = [b for b in at.sidebar.button if b.key and b.key.startswith("thread_") and "(fork)" not in b.label][0]
@@ -213,6 +238,7 @@ def test_artifacts_and_settings_pages(monkeypatch):
     at = app()
     create_workspace(at, "W")
     at.chat_input[0].set_value("The answer?").run()
+    settle(at)
     at.switch_page("views/artifacts.py").run()
     assert not at.exception, at.exception
     assert any("SELECT 42 AS answer" in c.value for c in at.code)
@@ -239,11 +265,13 @@ def test_fork_from_a_question_offers_to_answer_it():
     at = app()
     create_workspace(at, "W")
     at.chat_input[0].set_value("Q?").run()
+    settle(at)
     [b for b in at.button if b.key and b.key.startswith("fork_")][0].click().run()  # fork from the question
     assert "has no answer yet" in "\n".join(w.value for w in at.warning)
     assert at.chat_input[0].disabled
     use_model(sql_script(["SELECT 2 AS two"], {"answer_markdown": "Answered in the fork."}))
     at.button(key="answer_unanswered").click().run()
+    settle(at)
     assert not at.exception, at.exception
     assert "Answered in the fork." in texts(at) and "Answered once." not in texts(at)
     assert not at.chat_input[0].disabled
@@ -260,10 +288,12 @@ def test_clarifying_question_options_answer_in_one_click():
     at = app()
     create_workspace(at, "W")
     at.chat_input[0].set_value("What is churn?").run()
+    settle(at)
     assert "Which churn?" in texts(at)
     seen: list = []
     use_model(sql_script([], {"answer_markdown": "Logo churn it is."}, seen=seen))
     [b for b in at.button if b.label == "Logo churn"][0].click().run()
+    settle(at)
     assert not at.exception, at.exception
     assert "Logo churn it is." in texts(at)
     from test_threads import prompts_seen

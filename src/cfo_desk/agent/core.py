@@ -116,6 +116,7 @@ def build_agent() -> Agent[AgentDeps, FinalAnswer | Clarification]:
                 timeout_s=limits.timeout_s,
                 rows_to_model=limits.rows_to_model,
                 result_row_limit=limits.result_row_limit,
+                stop=ctx.deps.stop,
             )
         except QueryError as exc:
             raise ModelRetry(f"The query failed: {exc}") from exc

@@ -45,6 +45,7 @@ class AgentDeps:
     """Dependencies of one agent run (one turn).
 
     `run_dir` receives each result as `<handle>.parquet`; `results` collects them in call order.
+    Setting `stop` interrupts a query in flight (the run's worker sets it when the analyst stops).
     """
 
     workspace_name: str
@@ -54,6 +55,7 @@ class AgentDeps:
     limits: SqlLimits = field(default_factory=SqlLimits)
     results: list[QueryResultRecord] = field(default_factory=list)
     first_handle: int = 1
+    stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _handles_given: int = field(default=0, repr=False)
 

@@ -1,15 +1,16 @@
 """Run one turn of the CFO agent: prompt + history in, output + full new history out, no storage.
 
 Progress (each tool call with its purpose and SQL, each result's row count) is pushed to an
-`on_progress` callback from pydantic-ai's event stream; the callback runs on the caller's thread,
-so a Streamlit status box can be updated from it. Failures never raise: they come back as a
-readable sentence in `TurnOutcome.error`.
+`on_progress` callback from pydantic-ai's event stream (the background worker persists it to the
+run's row as it goes). Failures never raise: they come back as a readable sentence in
+`TurnOutcome.error`. `run_agent_async` is the worker's form; `run_agent` the blocking one.
 """
 
 from __future__ import annotations
 
+import inspect
 import time
-from collections.abc import AsyncIterable, Callable, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,6 +103,41 @@ def _tool_progress(event: AgentStreamEvent) -> Progress | None:
     return None
 
 
+def _event_handler(progress: list[Progress], notify: Callable[[Progress], Awaitable[None] | None] | None):
+    """A pydantic-ai event stream handler that records each tool step and passes it on."""
+
+    async def handle_events(_ctx: RunContext[AgentDeps], events: AsyncIterable[AgentStreamEvent]) -> None:
+        async for event in events:
+            step = _tool_progress(event)
+            if step is not None:
+                progress.append(step)
+                if notify is not None:
+                    maybe = notify(step)
+                    if inspect.isawaitable(maybe):
+                        await maybe
+
+    return handle_events
+
+
+def _finished(result: Any, deps: AgentDeps, model: Model | str, started: float, progress: list[Progress]) -> TurnOutcome:
+    usage = result.usage() if callable(result.usage) else result.usage  # a property in pydantic-ai 2.x
+    return TurnOutcome(
+        output=result.output,
+        new_messages_json=result.new_messages_json(),
+        results=list(deps.results),
+        error=None,
+        duration_s=time.perf_counter() - started,
+        model_name=model if isinstance(model, str) else getattr(model, "model_name", None),
+        input_tokens=getattr(usage, "input_tokens", None),
+        output_tokens=getattr(usage, "output_tokens", None),
+        progress=progress,
+    )
+
+
+def _failed(exc: Exception, deps: AgentDeps, started: float, progress: list[Progress]) -> TurnOutcome:
+    return TurnOutcome(None, None, list(deps.results), readable_error(exc), time.perf_counter() - started, progress=progress)
+
+
 def run_agent(
     *,
     prompt: str,
@@ -111,20 +147,12 @@ def run_agent(
     usage_limits: UsageLimits,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> TurnOutcome:
-    """Run the CFO agent for one turn and return its outcome (never raises for run failures).
+    """Run the CFO agent for one turn on the calling thread (no event loop may be running there)
+    and return its outcome; never raises for run failures.
 
     `history` is the path's stored pydantic-ai messages; `model` a pydantic-ai Model or model string.
     """
     progress: list[Progress] = []
-
-    async def handle_events(_ctx: RunContext[AgentDeps], events: AsyncIterable[AgentStreamEvent]) -> None:
-        async for event in events:
-            step = _tool_progress(event)
-            if step is not None:
-                progress.append(step)
-                if on_progress is not None:
-                    on_progress(step)
-
     started = time.perf_counter()
     try:
         result = get_agent().run_sync(
@@ -133,20 +161,35 @@ def run_agent(
             message_history=list(history) or None,
             model=model,
             usage_limits=usage_limits,
-            event_stream_handler=handle_events,
+            event_stream_handler=_event_handler(progress, on_progress),
         )
     except Exception as exc:  # every failure becomes a readable message on the turn
-        return TurnOutcome(None, None, list(deps.results), readable_error(exc), time.perf_counter() - started, progress=progress)
-    usage = result.usage() if callable(result.usage) else result.usage  # a property in pydantic-ai 2.x
-    model_name = model if isinstance(model, str) else getattr(model, "model_name", None)
-    return TurnOutcome(
-        output=result.output,
-        new_messages_json=result.new_messages_json(),
-        results=list(deps.results),
-        error=None,
-        duration_s=time.perf_counter() - started,
-        model_name=model_name,
-        input_tokens=getattr(usage, "input_tokens", None),
-        output_tokens=getattr(usage, "output_tokens", None),
-        progress=progress,
-    )
+        return _failed(exc, deps, started, progress)
+    return _finished(result, deps, model, started, progress)
+
+
+async def run_agent_async(
+    *,
+    prompt: str,
+    deps: AgentDeps,
+    history: Sequence[ModelMessage],
+    model: Model | str,
+    usage_limits: UsageLimits,
+    on_progress: Callable[[Progress], Awaitable[None] | None] | None = None,
+) -> TurnOutcome:
+    """`run_agent` for an event loop (the background worker). Cancelling the awaiting task stops
+    the run (asyncio.CancelledError propagates; the caller records the turn as stopped)."""
+    progress: list[Progress] = []
+    started = time.perf_counter()
+    try:
+        result = await get_agent().run(
+            prompt,
+            deps=deps,
+            message_history=list(history) or None,
+            model=model,
+            usage_limits=usage_limits,
+            event_stream_handler=_event_handler(progress, on_progress),
+        )
+    except Exception as exc:
+        return _failed(exc, deps, started, progress)
+    return _finished(result, deps, model, started, progress)

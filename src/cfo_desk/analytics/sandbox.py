@@ -48,6 +48,13 @@ class QueryTimeout(QueryError):
     """The query ran past its time limit and was interrupted."""
 
 
+class QueryStopped(QueryError):
+    """The query was interrupted because its run was stopped (the analyst pressed Stop)."""
+
+
+WATCH_INTERVAL_S = 0.05  # how often the watchdog checks the deadline and the stop flag
+
+
 @dataclass
 class QueryRun:
     """What one query produced.
@@ -183,12 +190,14 @@ def run_query(
     timeout_s: float = QUERY_TIMEOUT_S,
     rows_to_model: int = ROWS_TO_MODEL,
     result_row_limit: int = RESULT_ROW_LIMIT,
+    stop: threading.Event | None = None,
 ) -> QueryRun:
     """Run `sql` in the sandbox over the workspace database at `db_path`.
 
     Writes the result (up to `result_row_limit` rows) to `parquet_path` (removed again on error).
-    Raises QueryRefused (gate), QueryTimeout (after `timeout_s` seconds) or QueryError (DuckDB's
-    message, e.g. a binder error naming the unknown column).
+    A watchdog thread interrupts the query after `timeout_s` seconds, or within about 0.05 s of
+    `stop` being set. Raises QueryRefused (gate), QueryTimeout, QueryStopped, or QueryError
+    (DuckDB's message, e.g. a binder error naming the unknown column).
     """
     parquet_path.parent.mkdir(parents=True, exist_ok=True)
     with sandboxed_reader(db_path) as con:
@@ -196,15 +205,23 @@ def run_query(
         tables = tables_read(con, sql)
         provenance = read_provenance(con, tables)  # same connection, same lock: matches the rows read
         cur = con.cursor()
-        timed_out = threading.Event()
-
-        def _interrupt() -> None:
-            timed_out.set()
-            cur.interrupt()
-
-        timer = threading.Timer(timeout_s, _interrupt)
+        timed_out, stopped, finished = threading.Event(), threading.Event(), threading.Event()
         started = time.perf_counter()
-        timer.start()
+
+        def _watchdog() -> None:
+            deadline = started + timeout_s
+            while not finished.wait(min(WATCH_INTERVAL_S, max(0.0, deadline - time.perf_counter()))):
+                if stop is not None and stop.is_set():
+                    stopped.set()
+                    cur.interrupt()
+                    return
+                if time.perf_counter() >= deadline:
+                    timed_out.set()
+                    cur.interrupt()
+                    return
+
+        watchdog = threading.Thread(target=_watchdog, name="sql-watchdog", daemon=True)
+        watchdog.start()
         writer: pq.ParquetWriter | None = None
         try:
             relation = cur.sql(sql)
@@ -240,6 +257,8 @@ def run_query(
             writer = None
         except duckdb.InterruptException as exc:
             parquet_path.unlink(missing_ok=True)
+            if stopped.is_set():
+                raise QueryStopped("The run was stopped.") from exc
             if timed_out.is_set():
                 raise QueryTimeout(
                     f"The query ran longer than {timeout_s:g} seconds and was stopped. "
@@ -258,7 +277,7 @@ def run_query(
             parquet_path.unlink(missing_ok=True)
             raise
         finally:
-            timer.cancel()
+            finished.set()
             if writer is not None:
                 writer.close()
             cur.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 
 import pandas as pd
@@ -14,7 +13,7 @@ from cfo_desk.storage.files import workspace_dir
 from cfo_desk.storage.models import Artifact, Message, Workspace
 
 # OWASP CSV injection: a cell starting with one of these is read as a formula by spreadsheets.
-__all__ = ["Artifact", "artifacts_by_message", "datasets_read", "get_artifact", "list_artifacts", "questions_for", "result_frame", "to_safe_csv"]
+__all__ = ["Artifact", "artifacts_by_message", "get_artifact", "list_artifacts", "questions_for", "result_frame", "to_safe_csv"]
 
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -59,11 +58,6 @@ def result_frame(*, session: Session, artifact: Artifact) -> pd.DataFrame:
     if not path.exists():
         raise NotFound(f"The result file of {artifact.handle} is missing from the workspace folder.")
     return read_result(path).to_pandas()
-
-
-def datasets_read(artifact: Artifact) -> list[dict]:
-    """The datasets a query read: [{"table", "dataset_id", "sha256", "source"}]."""
-    return json.loads(artifact.datasets_json or "[]")
 
 
 def escape_formula(value: object) -> object:

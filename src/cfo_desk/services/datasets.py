@@ -9,7 +9,6 @@ file); a table being replaced survives intact.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Literal
@@ -58,21 +57,6 @@ def get_dataset(*, session: Session, dataset_id: int) -> Dataset:
     if ds is None:
         raise NotFound("That dataset no longer exists.")
     return ds
-
-
-def dataset_columns(ds: Dataset) -> list[dict[str, str]]:
-    """[{"name", "type"}] of a dataset's table."""
-    return json.loads(ds.columns_json)
-
-
-def dataset_notes(ds: Dataset) -> list[str]:
-    """What ingest noticed and did (renamed headers, assumed date order, padded rows ...)."""
-    return json.loads(ds.notes_json or "[]")
-
-
-def ambiguous_date_columns(ds: Dataset) -> list[str]:
-    """Columns whose day/month order was assumed (see `ds.date_order`)."""
-    return json.loads(ds.ambiguous_date_columns_json or "[]")
 
 
 def replace_targets(same_file: list[Dataset]) -> list[Dataset]:
@@ -158,10 +142,10 @@ def _upload_locked(session: Session, ws, original: str, data: bytes, replacing: 
         ds.sha256 = sha
         ds.size_bytes = len(data)
         ds.row_count = t.row_count
-        ds.columns_json = json.dumps([{"name": c.name, "type": c.type} for c in t.columns])
-        ds.notes_json = json.dumps(t.notes)
+        ds.columns = [{"name": c.name, "type": c.type} for c in t.columns]
+        ds.notes = list(t.notes)
         ds.date_order = t.date_order
-        ds.ambiguous_date_columns_json = json.dumps(t.ambiguous_date_columns)
+        ds.ambiguous_date_columns = list(t.ambiguous_date_columns)
         ds.created_at = utcnow()
         session.add(ds)
         out.append(ds)
@@ -192,10 +176,10 @@ def set_date_order(*, session: Session, dataset_id: int, date_order: str) -> Dat
         )
         stamp_provenance(duckdb_path(ws.key), {t.table_name: ds.sha256})
     ds.row_count = t.row_count
-    ds.columns_json = json.dumps([{"name": c.name, "type": c.type} for c in t.columns])
-    ds.notes_json = json.dumps(t.notes)
+    ds.columns = [{"name": c.name, "type": c.type} for c in t.columns]
+    ds.notes = list(t.notes)
     ds.date_order = t.date_order or date_order
-    ds.ambiguous_date_columns_json = json.dumps(t.ambiguous_date_columns)
+    ds.ambiguous_date_columns = list(t.ambiguous_date_columns)
     session.add(ds)
     session.commit()
     session.refresh(ds)

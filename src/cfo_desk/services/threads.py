@@ -14,7 +14,7 @@ from cfo_desk.services.errors import InvalidInput, NotFound
 from cfo_desk.storage.files import remove_tree, workspace_dir
 from cfo_desk.storage.models import Artifact, Message, MessageStatus, Role, Thread, Workspace, utcnow
 
-__all__ = ["Message", "MessageStatus", "Role", "Thread"]  # re-exported for the UI
+__all__ = ["Message", "MessageStatus", "Role", "Thread", "utcnow"]  # re-exported for the UI
 
 MAX_TITLE_LENGTH = 200
 DEFAULT_TITLE = "New thread"
@@ -26,13 +26,20 @@ def _title(title: str | None) -> str:
 
 
 def create_thread(*, session: Session, workspace_id: int, title: str | None = None) -> Thread:
-    """A new, empty thread in the workspace (title defaults to "New thread")."""
+    """A new, empty thread in the workspace (title defaults to "New thread"). Raises NotFound."""
     if session.get(Workspace, workspace_id) is None:
         raise NotFound("That workspace no longer exists.")
-    thread = Thread(workspace_id=workspace_id, title=_title(title))
-    session.add(thread)
+    thread = create_thread_row(session=session, workspace_id=workspace_id, title=title)
     session.commit()
     session.refresh(thread)
+    return thread
+
+
+def create_thread_row(*, session: Session, workspace_id: int, title: str | None = None) -> Thread:
+    """Add a new thread to the caller's transaction (flushed for its id, not committed)."""
+    thread = Thread(workspace_id=workspace_id, title=_title(title))
+    session.add(thread)
+    session.flush()
     return thread
 
 
@@ -43,8 +50,8 @@ def list_threads(*, session: Session, workspace_id: int) -> list[Thread]:
 
 
 def get_thread(*, session: Session, thread_id: int) -> Thread:
-    """The thread with this id; raises NotFound."""
-    thread = session.get(Thread, thread_id)
+    """The thread with this id, read fresh (runs move heads from other sessions); raises NotFound."""
+    thread = session.get(Thread, thread_id, populate_existing=True)
     if thread is None:
         raise NotFound("That thread no longer exists.")
     return thread

@@ -1,10 +1,12 @@
 """Turns: a user message and the agent's run, stored so any path replays to the model exactly.
 
-Transactions. The user message is committed (and becomes the thread's head) before the run
-starts. When the run ends, the assistant message, its artifacts and the new head are committed
-together. A failed run commits an assistant message with status "failed" and its error, and its
-result files are removed; `answer` can then be called again on the same user message (Retry), which
-adds a new answer beside the failed one.
+A turn is executed as a run (services/runs.py: queue, lease, progress; services/worker.py: the
+process's background worker). This module holds what a turn reads and writes: `plan_turn` reads
+the question, its path's history and the agent's deps; `record_reply` adds the answer, its
+artifacts and the head move in the run's final transaction. The user message is committed (and
+becomes the thread's head) before the model starts. A run that ends without an answer (failed,
+stopped, interrupted) commits an assistant message saying so, and its result files are removed;
+the same question can then be answered again (Retry), which adds a new answer beside the old one.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter
 from pydantic_ai.models import Model
@@ -21,17 +24,17 @@ from sqlmodel import Session, func, select
 from cfo_desk.agent.deps import AgentDeps, DatasetRef, SqlLimits
 from cfo_desk.agent.outputs import Clarification, FinalAnswer
 from cfo_desk.agent.core import model_problem, resolve_model
-from cfo_desk.agent.runner import Progress, TurnOutcome, run_agent
+from cfo_desk.agent.runner import Progress, TurnOutcome
 from cfo_desk.config import get_settings
 from cfo_desk.services.errors import Conflict, InvalidInput, NotFound
 from cfo_desk.services.threads import DEFAULT_TITLE, get_thread, messages_on_path, path_ids, touch_thread
 from cfo_desk.storage.files import duckdb_path, remove_tree, workspace_dir
 from cfo_desk.storage.models import Artifact, Dataset, Message, MessageStatus, Role, Thread, Workspace
 
-__all__ = ["Progress", "add_user_message", "answer", "ask", "asking_problem", "configured_model", "model_history"]
+__all__ = ["Progress", "TurnPlan", "add_user_message", "answer", "ask", "asking_problem", "configured_model", "model_history", "plan_turn", "record_reply"]
 
 MAX_PROMPT_CHARS = 20_000
-INTERRUPTED = "The run was interrupted before it finished (the page changed or the app stopped). Retry to run it again."
+INTERRUPTED = "The run was interrupted before it finished (the app stopped or its process died). Retry to run it again."
 TITLE_FROM_PROMPT_CHARS = 60
 
 
@@ -59,8 +62,8 @@ def model_history(*, session: Session, message_id: int | None) -> list[ModelMess
 def _history_of(path: list[Message]) -> list[ModelMessage]:
     history: list[ModelMessage] = []
     for msg in path:
-        if msg.role == Role.assistant and msg.status != MessageStatus.failed and msg.model_messages_json:
-            history.extend(ModelMessagesTypeAdapter.validate_json(msg.model_messages_json))
+        if msg.role == Role.assistant and MessageStatus(msg.status).answered and msg.model_messages:
+            history.extend(ModelMessagesTypeAdapter.validate_python(msg.model_messages))
     return history
 
 
@@ -70,28 +73,55 @@ def add_user_message(*, session: Session, thread_id: int, content: str) -> Messa
     The first message of an untitled thread also names the thread. Raises InvalidInput when blank
     or longer than MAX_PROMPT_CHARS characters.
     """
+    content = check_question(content)
+    thread = get_thread(session=session, thread_id=thread_id)
+    if head_is_open_question(session=session, thread=thread):
+        raise Conflict(OPEN_QUESTION)
+    msg = append_user_message(session=session, thread=thread, content=content)
+    session.commit()
+    session.refresh(msg)
+    return msg
+
+
+OPEN_QUESTION = (
+    "The last question in this thread has no answer yet. Answer it first, or fork from an earlier message to ask something else."
+)
+
+
+def check_question(content: str | None) -> str:
+    """The question, stripped; raises InvalidInput when blank or longer than MAX_PROMPT_CHARS."""
     content = (content or "").strip()
     if not content:
         raise InvalidInput("Type a question first.")
     if len(content) > MAX_PROMPT_CHARS:
-        raise InvalidInput(f"Questions are at most {MAX_PROMPT_CHARS:,} characters.")
-    thread = get_thread(session=session, thread_id=thread_id)
-    if thread.head_message_id is not None:
-        head = session.get(Message, thread.head_message_id)
-        if head is not None and head.role == Role.user:
-            raise Conflict(
-                "The last question in this thread has no answer yet (it may still be running). "
-                "Answer it first, or fork from an earlier message to ask something else."
-            )
+        raise InvalidInput(
+            f"This question is {len(content):,} characters long; questions are at most {MAX_PROMPT_CHARS:,}. "
+            "Shorten it (put long material in a file and upload it instead). Nothing was saved."
+        )
+    return content
+
+
+def head_is_open_question(*, session: Session, thread: Thread) -> bool:
+    """True when the thread's head is a question without an answer."""
+    head = session.get(Message, thread.head_message_id) if thread.head_message_id is not None else None
+    return head is not None and head.role == Role.user
+
+
+def title_from(content: str) -> str:
+    """A thread title from its first question: one line, at most TITLE_FROM_PROMPT_CHARS characters."""
+    one_line = " ".join(content.split())
+    return one_line if len(one_line) <= TITLE_FROM_PROMPT_CHARS else one_line[: TITLE_FROM_PROMPT_CHARS - 1] + "…"
+
+
+def append_user_message(*, session: Session, thread: Thread, content: str) -> Message:
+    """Add the question under the thread's head and make it the head (no commit: the caller's
+    transaction). The first message of an untitled thread also names the thread."""
     msg = Message(workspace_id=thread.workspace_id, parent_id=thread.head_message_id, role=Role.user, content=content)
     session.add(msg)
     session.flush()
     if thread.head_message_id is None and thread.title == DEFAULT_TITLE:
-        one_line = " ".join(content.split())
-        thread.title = one_line if len(one_line) <= TITLE_FROM_PROMPT_CHARS else one_line[: TITLE_FROM_PROMPT_CHARS - 1] + "…"
+        thread.title = title_from(content)
     touch_thread(session=session, thread=thread, head_message_id=msg.id)
-    session.commit()
-    session.refresh(msg)
     return msg
 
 
@@ -100,7 +130,7 @@ def _dataset_refs(session: Session, workspace_id: int) -> list[DatasetRef]:
     refs = []
     for d in rows:
         source = d.source_filename + (f" [{d.sheet_name}]" if d.sheet_name else "")
-        cols = [(c["name"], c["type"]) for c in json.loads(d.columns_json)]
+        cols = [(c["name"], c["type"]) for c in d.columns]
         refs.append(DatasetRef(d.id, d.table_name, source, d.sha256, d.row_count, cols))
     return refs
 
@@ -112,22 +142,28 @@ def _content_of(output: FinalAnswer | Clarification) -> tuple[str, str]:
     return output.answer_markdown, MessageStatus.ok
 
 
-def answer(
-    *,
-    session: Session,
-    thread_id: int,
-    user_message_id: int,
-    model: Model | str,
-    on_progress: Callable[[Progress], None] | None = None,
-) -> Message:
-    """Run the agent on a committed user message and commit its answer (or its failure).
+@dataclass
+class TurnPlan:
+    """Everything one run needs, read from the store before the model starts (no transaction stays
+    open while it works): the question, the history of the path above it, and the agent's deps.
 
-    The history sent to the model is the path up to the user message's parent. Returns the
-    assistant message (status ok, clarification or failed). It becomes the thread's head unless
-    the thread moved on during the run (then it stays a branch of the tree). Raises NotFound when
-    the user message is not on the thread. A run interrupted by a BaseException (Streamlit's
-    rerun/stop) is committed as failed, its files removed, and the exception re-raised.
-    """
+    `run_rel` is the run's result folder relative to the workspace folder; `datasets` maps table
+    names to the datasets the agent sees (for provenance when the answer is recorded)."""
+
+    thread_id: int
+    workspace_id: int
+    user_message_id: int
+    prompt: str
+    history: list[ModelMessage]
+    deps: AgentDeps
+    usage_limits: UsageLimits
+    run_rel: str
+    datasets: dict[str, DatasetRef]
+
+
+def plan_turn(*, session: Session, thread_id: int, user_message_id: int) -> TurnPlan:
+    """Read what a run of `user_message_id` needs. The history sent to the model is the path up to
+    the question's parent. Raises NotFound when the question is not on the thread's path."""
     settings = get_settings()
     thread = get_thread(session=session, thread_id=thread_id)
     user_msg = session.get(Message, user_message_id)
@@ -139,14 +175,12 @@ def answer(
     history = _history_of(path[:-1])
     results_so_far = session.exec(select(func.count()).select_from(Artifact).where(Artifact.message_id.in_([m.id for m in path]))).one()
     run_rel = f"artifacts/run-{uuid.uuid4().hex[:16]}"
-    run_dir = workspace_dir(ws.key) / run_rel
     datasets = _dataset_refs(session, ws.id)
     session.commit()  # hold no transaction open while the model works
-
     deps = AgentDeps(
         workspace_name=ws.name,
         db_path=duckdb_path(ws.key),
-        run_dir=run_dir,
+        run_dir=workspace_dir(ws.key) / run_rel,
         datasets=datasets,
         first_handle=results_so_far + 1,
         limits=SqlLimits(settings.cfo_desk_sql_timeout, settings.cfo_desk_sql_rows_to_model, settings.cfo_desk_sql_result_row_limit),
@@ -156,27 +190,68 @@ def answer(
         tool_calls_limit=settings.cfo_desk_tool_calls_limit,
         total_tokens_limit=settings.cfo_desk_total_tokens_limit,
     )
-    try:
-        outcome = run_agent(prompt=user_msg.content, deps=deps, history=history, model=model, usage_limits=limits, on_progress=on_progress)
-    except BaseException:  # the page was left or rerun mid-run (Streamlit raises from on_progress)
-        interrupted = TurnOutcome(None, None, [], INTERRUPTED, 0.0)
-        try:
-            _commit_outcome(session, thread, user_msg, interrupted, run_rel, {})
-        finally:
-            remove_tree(run_dir)
-        raise
-    try:
-        return _commit_outcome(session, thread, user_msg, outcome, run_rel, {d.table_name: d for d in datasets})
-    except BaseException:
-        session.rollback()
-        remove_tree(run_dir)
-        raise
+    return TurnPlan(thread.id, ws.id, user_msg.id, user_msg.content, history, deps, limits, run_rel, {d.table_name: d for d in datasets})
 
 
-def _commit_outcome(
-    session: Session, thread: Thread, user_msg: Message, outcome: TurnOutcome, run_rel: str, datasets: dict[str, DatasetRef]
+def answer(
+    *,
+    session: Session,
+    thread_id: int,
+    user_message_id: int,
+    model: Model | str | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
 ) -> Message:
-    thread = session.get(Thread, thread.id)
+    """Answer a committed question now, on the calling thread, and return the reply (Retry, or a
+    question forked open; the CLI and tests). Goes through the same run queue, lease and commit as
+    the background worker, so it never races another run in the thread. Raises NotFound when the
+    question is not on the thread, Conflict while another run in the thread is open."""
+    from cfo_desk.services import runs, worker
+
+    run = runs.enqueue_answer(session=session, thread_id=thread_id, user_message_id=user_message_id)
+    return worker.run_inline(run.id, model=model, on_progress=on_progress)
+
+
+def ask(
+    *,
+    session: Session,
+    thread_id: int,
+    content: str,
+    model: Model | str | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> Message:
+    """A whole turn on the calling thread: queue the question, run it, return the committed answer.
+
+    The question is committed (as the thread's head) before the model starts; the answer, its
+    artifacts and the head move commit together. Raises InvalidInput/Conflict like
+    `runs.enqueue_question`."""
+    from cfo_desk.services import runs, worker
+
+    thread = get_thread(session=session, thread_id=thread_id)
+    run = runs.enqueue_question(session=session, workspace_id=thread.workspace_id, thread_id=thread_id, content=content)
+    return worker.run_inline(run.id, model=model, on_progress=on_progress)
+
+
+def record_reply(
+    *,
+    session: Session,
+    thread_id: int,
+    user_message_id: int,
+    outcome: TurnOutcome,
+    run_rel: str | None,
+    datasets: dict[str, DatasetRef],
+    status: MessageStatus | None = None,
+) -> Message:
+    """Add the assistant message for a finished run, its artifacts and the head move; the caller
+    commits (one transaction with the run's own row).
+
+    `status` overrides the reply's status for a turn that ended without an answer (stopped,
+    interrupted); else it is ok/clarification from the output, or failed when `outcome.error`.
+    A reply without an answer keeps no files: `run_rel` is removed. The head moves only if it is
+    still the question or an answer to it (compare-and-set): a turn that finishes after the thread
+    moved on stays in the tree as a branch instead of cutting the newer turns off.
+    """
+    user_msg = session.get(Message, user_message_id)
+    thread = session.get(Thread, thread_id)
     if thread is not None:
         session.refresh(thread)  # re-read: another session may have moved its head meanwhile
     reply = Message(
@@ -189,19 +264,20 @@ def _commit_outcome(
         output_tokens=outcome.output_tokens,
         content="",
     )
-    if outcome.error is not None or outcome.output is None:
-        reply.status = MessageStatus.failed
+    if status is not None or outcome.error is not None or outcome.output is None:
+        reply.status = status or MessageStatus.failed
         reply.error = outcome.error or "The run ended without an answer."
         reply.content = reply.error
-        ws = session.get(Workspace, user_msg.workspace_id)
-        remove_tree(workspace_dir(ws.key) / run_rel)
+        if run_rel:
+            ws = session.get(Workspace, user_msg.workspace_id)
+            remove_tree(workspace_dir(ws.key) / run_rel)
     else:
         reply.content, reply.status = _content_of(outcome.output)
-        reply.output_json = outcome.output.model_dump_json()
-        reply.model_messages_json = outcome.new_messages_json.decode()
+        reply.output = outcome.output.model_dump(mode="json")
+        reply.model_messages = json.loads(outcome.new_messages_json)
     session.add(reply)
     session.flush()
-    if reply.status != MessageStatus.failed:
+    if reply.status.answered:
         for rec in outcome.results:
             read = [  # the hash stamped on the table the query read, not the one known at turn start
                 {"table": t, "dataset_id": d.dataset_id, "sha256": rec.run.table_sha256.get(t, d.sha256), "source": d.source}
@@ -219,30 +295,13 @@ def _commit_outcome(
                     file_path=f"{run_rel}/{rec.handle}.parquet",
                     row_count=rec.run.row_count,
                     truncated=rec.run.truncated,
-                    columns_json=json.dumps(rec.run.columns),
-                    datasets_json=json.dumps(read),
+                    columns=rec.run.columns,
+                    datasets_read=read,
                     duration_s=round(rec.run.duration_s, 4),
                 )
             )
-    # Move the head only if it is still this question (compare-and-set): a turn that finishes after
-    # the thread moved on stays in the tree as a branch instead of cutting the newer turns off.
     head = session.get(Message, thread.head_message_id) if thread is not None and thread.head_message_id else None
     if head is not None and user_msg.id in (head.id, head.parent_id):  # the question, or an answer to it (Retry)
         touch_thread(session=session, thread=thread, head_message_id=reply.id)
-    session.commit()
-    session.refresh(reply)
+    session.flush()
     return reply
-
-
-def ask(
-    *,
-    session: Session,
-    thread_id: int,
-    content: str,
-    model: Model | str,
-    on_progress: Callable[[Progress], None] | None = None,
-) -> Message:
-    """A whole turn: commit the question, run the agent, commit the answer; returns the answer."""
-    user_msg = add_user_message(session=session, thread_id=thread_id, content=content)
-    return answer(session=session, thread_id=thread_id, user_message_id=user_msg.id, model=model, on_progress=on_progress)
-

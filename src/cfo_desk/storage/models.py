@@ -1,6 +1,9 @@
 """SQLModel tables: workspaces, datasets, threads, messages (a tree), artifacts.
 
-Portable across SQLite and PostgreSQL: plain types, JSON as text columns, timestamps in UTC.
+Portable across SQLite and PostgreSQL: JSON columns, enums stored as checked VARCHARs (no native
+PostgreSQL enum types to migrate), timestamps stored as naive UTC and read back timezone-aware.
+The schema is owned by the Alembic migrations in `storage/migrations/`; a change here needs a
+new revision there.
 
 The conversation model. Messages belong to a workspace and form a tree through `parent_id`; a
 thread is a named pointer (`head_message_id`) to a leaf, and its conversation is the path from the
@@ -14,13 +17,46 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from sqlalchemy import Column, ForeignKey, Integer, Text, UniqueConstraint
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, Column, DateTime, Enum, ForeignKey, Integer, String, Text, TypeDecorator, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
 def utcnow() -> datetime:
     """Now, timezone-aware UTC."""
     return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator):
+    """A timestamp kept as naive UTC in the database (same text/column on SQLite and PostgreSQL, so
+    SQL comparisons such as a lease's `expires_at < :now` agree) and returned timezone-aware UTC."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+def _enum(enum_cls: type[StrEnum], name: str) -> Enum:
+    """A portable enum column: VARCHAR(16) with a named CHECK constraint, values stored as text."""
+    return Enum(
+        enum_cls, name=name, native_enum=False, create_constraint=True, length=16, values_callable=lambda e: [m.value for m in e]
+    )
+
+
+def _json(nullable: bool = False, default: Any = None) -> Column:
+    return Column(JSON, nullable=nullable, default=default)
+
+
+def _ts(nullable: bool = False) -> Column:
+    return Column(UtcDateTime(), nullable=nullable)
 
 
 class Role(StrEnum):
@@ -31,11 +67,35 @@ class Role(StrEnum):
 
 
 class MessageStatus(StrEnum):
-    """State of a message: answers can be final, a clarifying question, or a failed run."""
+    """State of a message: an answer can be final, a clarifying question, or a turn that ended
+    without one (failed, stopped by the analyst, interrupted by a crash or restart)."""
 
     ok = "ok"
     clarification = "clarification"
     failed = "failed"
+    stopped = "stopped"
+    interrupted = "interrupted"
+
+    @property
+    def answered(self) -> bool:
+        """True for replies whose run history is replayed to the model (ok, clarification)."""
+        return self in (MessageStatus.ok, MessageStatus.clarification)
+
+
+class RunStatus(StrEnum):
+    """Where a run (one agent turn executed by a worker) stands."""
+
+    queued = "queued"
+    running = "running"
+    done = "done"
+    failed = "failed"
+    stopped = "stopped"
+    interrupted = "interrupted"
+
+    @property
+    def is_open(self) -> bool:
+        """True while the run may still produce an answer (queued or running)."""
+        return self in (RunStatus.queued, RunStatus.running)
 
 
 class Workspace(SQLModel, table=True):
@@ -44,7 +104,7 @@ class Workspace(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(index=True, unique=True, max_length=120)
     key: str = Field(unique=True, max_length=40, description="Folder name under the data home; never changes.")
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
 
 
 class Dataset(SQLModel, table=True):
@@ -61,11 +121,13 @@ class Dataset(SQLModel, table=True):
     sha256: str = Field(max_length=64)
     size_bytes: int
     row_count: int
-    columns_json: str = Field(sa_column=Column(Text, nullable=False), description='[{"name", "type"}]')
-    notes_json: str = Field(default="[]", sa_column=Column(Text, nullable=False, default="[]"))
+    columns: list[dict[str, str]] = Field(default_factory=list, sa_column=_json(), description='[{"name", "type"}] of the table.')
+    notes: list[str] = Field(default_factory=list, sa_column=_json(), description="What ingest noticed and did.")
     date_order: str | None = Field(default=None, max_length=3, description="DMY or MDY when assumed.")
-    ambiguous_date_columns_json: str = Field(default="[]", sa_column=Column(Text, nullable=False, default="[]"))
-    created_at: datetime = Field(default_factory=utcnow)
+    ambiguous_date_columns: list[str] = Field(
+        default_factory=list, sa_column=_json(), description="Columns whose day/month order was assumed."
+    )
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
 
 
 class Thread(SQLModel, table=True):
@@ -81,16 +143,16 @@ class Thread(SQLModel, table=True):
     forked_from_thread_id: int | None = Field(default=None)
     forked_from_thread_title: str | None = Field(default=None, max_length=200)
     forked_from_message_id: int | None = Field(default=None)
-    created_at: datetime = Field(default_factory=utcnow)
-    updated_at: datetime = Field(default_factory=utcnow)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
 
 
 class Message(SQLModel, table=True):
     """A node of the workspace's conversation tree.
 
-    For an assistant message, `model_messages_json` holds the run's full pydantic-ai history
-    (`result.new_messages_json()`: the user prompt, tool calls and returns, the output), so any path
-    can be replayed to the model exactly; `output_json` holds the structured output.
+    For an assistant message, `model_messages` holds the run's full pydantic-ai history
+    (`result.new_messages()` as JSON: the user prompt, tool calls and returns, the output), so any
+    path can be replayed to the model exactly; `output` holds the structured output.
     """
 
     id: int | None = Field(default=None, primary_key=True)
@@ -98,17 +160,19 @@ class Message(SQLModel, table=True):
     parent_id: int | None = Field(
         default=None, sa_column=Column(Integer, ForeignKey("message.id", ondelete="CASCADE"), index=True, nullable=True)
     )
-    role: str = Field(max_length=16, description="A Role value.")
-    status: str = Field(default=MessageStatus.ok.value, max_length=16, description="A MessageStatus value.")
+    role: Role = Field(sa_column=Column(_enum(Role, "message_role"), nullable=False))
+    status: MessageStatus = Field(default=MessageStatus.ok, sa_column=Column(_enum(MessageStatus, "message_status"), nullable=False))
     content: str = Field(sa_column=Column(Text, nullable=False), description="Markdown shown to the user.")
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
-    output_json: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
-    model_messages_json: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    output: dict[str, Any] | None = Field(default=None, sa_column=_json(nullable=True), description="The structured output.")
+    model_messages: list[dict[str, Any]] | None = Field(
+        default=None, sa_column=_json(nullable=True), description="The run's pydantic-ai messages (ModelMessagesTypeAdapter JSON)."
+    )
     model_name: str | None = Field(default=None, max_length=200)
     duration_s: float | None = Field(default=None, description="Run wall time, seconds.")
     input_tokens: int | None = None
     output_tokens: int | None = None
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
 
 
 class Artifact(SQLModel, table=True):
@@ -124,9 +188,61 @@ class Artifact(SQLModel, table=True):
     file_path: str = Field(description="Relative to the workspace folder.")
     row_count: int = Field(default=0)
     truncated: bool = Field(default=False, description="True when rows beyond the result row limit were not kept.")
-    columns_json: str = Field(default="[]", sa_column=Column(Text, nullable=False, default="[]"))
-    datasets_json: str = Field(
-        default="[]", sa_column=Column(Text, nullable=False, default="[]"), description='[{"table", "dataset_id", "sha256", "source"}]'
+    columns: list[dict[str, str]] = Field(default_factory=list, sa_column=_json(), description='[{"name", "type"}] of the result.')
+    datasets_read: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=_json(), description='[{"table", "dataset_id", "sha256", "source"}] the query read.'
     )
     duration_s: float | None = Field(default=None, description="Query time, seconds.")
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+
+class Run(SQLModel, table=True):
+    """One agent turn as a job: queued by the page, claimed and executed by a worker (any process).
+
+    A run either asks a new question (`prompt` set; the user message is created when the run
+    starts, under the thread's head at that moment, so queued questions keep their order) or
+    answers an existing question (`user_message_id` set: Retry, or a question forked open).
+    `progress` is appended as the run goes: [{"kind", "tool", "purpose", "sql", "row_count",
+    "error", "at_s"}] with `at_s` in seconds since the run started. `owner` names the worker
+    (host:pid:token) holding the thread's lease while running; `run_dir` is the run's result folder
+    relative to the workspace folder (removed when the run does not end with an answer).
+    """
+
+    id: int | None = Field(default=None, primary_key=True)
+    workspace_id: int = Field(sa_column=Column(Integer, ForeignKey("workspace.id", ondelete="CASCADE"), index=True, nullable=False))
+    thread_id: int = Field(sa_column=Column(Integer, ForeignKey("thread.id", ondelete="CASCADE"), index=True, nullable=False))
+    prompt: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    user_message_id: int | None = Field(
+        default=None, sa_column=Column(Integer, ForeignKey("message.id", ondelete="SET NULL"), nullable=True)
+    )
+    reply_message_id: int | None = Field(
+        default=None, sa_column=Column(Integer, ForeignKey("message.id", ondelete="SET NULL"), index=True, nullable=True)
+    )
+    status: RunStatus = Field(default=RunStatus.queued, sa_column=Column(_enum(RunStatus, "run_status"), index=True, nullable=False))
+    owner: str | None = Field(default=None, max_length=120)
+    stop_requested: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, default=False))
+    run_dir: str | None = Field(default=None, max_length=200)
+    progress: list[dict[str, Any]] = Field(default_factory=list, sa_column=_json())
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    started_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    finished_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+
+
+class ThreadLease(SQLModel, table=True):
+    """The right to run in a thread: at most one row per thread (its primary key), so at most one
+    run per thread across every process sharing the store.
+
+    Taken by inserting the row (a second insert fails), kept alive by the owner's heartbeat
+    (`expires_at` pushed forward), dropped with the run's final commit. A lease whose `expires_at`
+    passed belongs to a dead worker: the recovery sweep deletes it (compare-and-set on the row)
+    and marks its run interrupted in the same transaction.
+    """
+
+    __tablename__ = "thread_lease"
+
+    thread_id: int = Field(sa_column=Column(Integer, ForeignKey("thread.id", ondelete="CASCADE"), primary_key=True))
+    run_id: int = Field(sa_column=Column(Integer, ForeignKey("run.id", ondelete="CASCADE"), nullable=False))
+    owner: str = Field(sa_column=Column(String(120), nullable=False))
+    expires_at: datetime = Field(sa_column=_ts())
+    heartbeat_at: datetime = Field(sa_column=_ts())

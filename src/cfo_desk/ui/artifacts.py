@@ -30,7 +30,7 @@ def render() -> None:
             if question:
                 st.caption(f"For the question: “{question[:300]}”")
             st.code(art.sql or "", language="sql", wrap_lines=True)
-            read = artifacts_svc.datasets_read(art)
+            read = art.datasets_read
             if read:
                 st.caption("Read: " + " · ".join(f"{d['source']} ({short_hash(d['sha256'])})" for d in read))
             with open_session() as session:

@@ -1,20 +1,24 @@
-"""The chat page: a thread's conversation, its answers with their tables and SQL, fork and retry."""
+"""The chat page: a thread's conversation, its answers with their tables and SQL, fork and retry.
+
+The page never runs the agent. Asking queues a run (services/runs.py) that the process's
+background worker executes; while a run of the thread is open, a fragment re-reads its progress
+every second, and the page redraws when it ends. Leaving, reloading or closing the page changes
+nothing for the run.
+"""
 
 from __future__ import annotations
 
-import json
 
 import streamlit as st
 
 from cfo_desk.services import artifacts as artifacts_svc
+from cfo_desk.services import runs, samples, turns, worker
 from cfo_desk.services import threads as threads_svc
-from cfo_desk.services import turns
-from cfo_desk.services.errors import ServiceError
-from cfo_desk.services import samples
-from cfo_desk.services.session import open_session
 from cfo_desk.services.artifacts import Artifact
-from cfo_desk.services.threads import Message, MessageStatus, Role
-from cfo_desk.services.turns import Progress
+from cfo_desk.services.errors import ServiceError
+from cfo_desk.services.runs import Run, RunStatus
+from cfo_desk.services.session import open_session
+from cfo_desk.services.threads import Message, MessageStatus, Role, utcnow
 from cfo_desk.ui import state
 from cfo_desk.ui.format import column_config, figure, for_display, safe_markdown, short_hash
 
@@ -32,9 +36,6 @@ def render() -> None:
         return
 
     problem = turns.asking_problem()
-    # A submitted question is run on the next pass, after the composer is drawn disabled, so nothing
-    # can be typed (and lost) while the agent works.
-    pending = None if problem else st.session_state.pop("_pending_prompt", None)
     thread_id = state.current_thread_id()
     with open_session() as session:
         try:
@@ -47,7 +48,10 @@ def render() -> None:
             state.open_thread(None)  # a deleted or foreign thread: start fresh, and say so in the URL
         messages = threads_svc.conversation(session=session, thread_id=thread.id) if thread else []
         arts = artifacts_svc.artifacts_by_message(session=session, message_ids=[m.id for m in messages])
+        live = runs.open_runs(session=session, thread_id=thread.id) if thread else []
+        ended = runs.runs_by_reply(session=session, message_ids=[m.id for m in messages if not MessageStatus(m.status).answered])
     frames = {a.id: _frame(a.id, a.file_path, a.handle) for items in arts.values() for a in items}
+    live_questions = {r.user_message_id for r in live if r.user_message_id is not None}
 
     if thread is None:
         st.title("New thread")
@@ -66,9 +70,11 @@ def render() -> None:
         st.info(problem, icon=":material/key:")
 
     for msg in messages:
-        _message(msg, thread.id, arts.get(msg.id, []), frames, is_head=(msg.id == thread.head_message_id), can_ask=not problem)
+        if msg.id in live_questions:
+            continue  # drawn by the live view below, with its run's progress
+        _message(msg, thread.id, arts.get(msg.id, []), frames, is_head=(msg.id == thread.head_message_id), can_ask=not problem, run=ended.get(msg.id))
 
-    if not messages and not problem and pending is None:
+    if not messages and not live and not problem:
         with open_session() as session:
             suggestions = samples.suggested_questions(session=session, workspace_id=ws_id)[:6]
         if suggestions:
@@ -76,39 +82,134 @@ def render() -> None:
         cols = st.columns(2)
         for i, q in enumerate(suggestions):
             if cols[i % 2].button(q, key=f"sample_q_{i}", width="stretch"):
-                st.session_state["_pending_prompt"] = q
-                st.rerun()
+                _enqueue_and_rerun(ws_id, None, q)
+
+    if live:
+        _live_runs(thread.id, [r.id for r in live])
 
     head = messages[-1] if messages else None
-    unanswered = head is not None and head.role == Role.user
+    unanswered = head is not None and head.role == Role.user and not live
     if unanswered and not problem:
         st.warning("This question has no answer yet. Answer it to go on, or fork from an earlier message.")
         if st.button("Answer this question", icon=":material/play_arrow:", key="answer_unanswered"):
-            _run(thread.id, head, fresh=False)
+            _answer_and_rerun(thread.id, head.id)
 
-    if pending is not None:
-        placeholder = "Working on your question…"
+    if live:
+        placeholder = "Ask a follow-up: it runs when the current question is answered"
     elif unanswered:
         placeholder = "Answer the open question first"
     else:
         placeholder = "Ask about your data, e.g. What was MRR in December 2024?"
-    prompt = st.chat_input(placeholder, disabled=bool(problem) or unanswered or pending is not None, key="composer")
-    if prompt and not problem:
-        st.session_state["_pending_prompt"] = prompt
-        st.rerun()
-    if pending:
-        prompt = pending
-        if thread is None:
-            with open_session() as session:
-                thread = threads_svc.create_thread(session=session, workspace_id=ws_id)
-            state.open_thread(thread.id)
-        try:
-            with open_session() as session:
-                user_msg = turns.add_user_message(session=session, thread_id=thread.id, content=prompt)
-        except ServiceError as exc:
-            st.error(str(exc))
+    st.chat_input(
+        placeholder,
+        disabled=bool(problem) or unanswered,
+        key=COMPOSER,
+        on_submit=_submit,
+        args=(ws_id, thread.id if thread else None),
+    )
+
+
+COMPOSER = "composer"
+LIVE_REFRESH_S = 1.0  # how often an open run's progress is re-read while the page shows it
+
+
+def _submit(ws_id: int, thread_id: int | None) -> None:
+    """The composer's callback (runs before the page is drawn): queue the question. A refused
+    question is put back into the composer with the reason, so nothing typed is lost."""
+    text = st.session_state.get(COMPOSER)
+    if isinstance(text, str) and not _enqueue(ws_id, thread_id, text):
+        st.session_state[COMPOSER] = text
+
+
+def _enqueue(ws_id: int, thread_id: int | None, text: str) -> bool:
+    """Queue `text` in the thread (a new one for None) and open that thread; flash why if refused."""
+    try:
+        with open_session() as session:
+            run = runs.enqueue_question(session=session, workspace_id=ws_id, thread_id=thread_id, content=text)
+    except ServiceError as exc:
+        state.flash(str(exc), "error")
+        return False
+    state.open_thread(run.thread_id)  # the URL names the thread from now on: a reload lands here
+    worker.wake_worker()
+    return True
+
+
+def _enqueue_and_rerun(ws_id: int, thread_id: int | None, text: str) -> None:
+    _enqueue(ws_id, thread_id, text)
+    st.rerun()
+
+
+def _answer_and_rerun(thread_id: int, user_message_id: int) -> None:
+    """Queue a run that answers an existing question (Retry, or a question forked open)."""
+    try:
+        with open_session() as session:
+            runs.enqueue_answer(session=session, thread_id=thread_id, user_message_id=user_message_id)
+    except ServiceError as exc:
+        state.flash(str(exc), "error")
+    worker.wake_worker()
+    st.rerun()
+
+
+def _live_runs(thread_id: int, run_ids: list[int]) -> None:
+    """The thread's open runs, re-read every LIVE_REFRESH_S seconds by a fragment (drawn only while
+    a run is open, so an idle page does no polling). When one of them ends, the whole page reruns
+    to draw its committed answer."""
+
+    @st.fragment(run_every=LIVE_REFRESH_S)
+    def live() -> None:
+        with open_session() as session:
+            current = runs.open_runs_with_questions(session=session, thread_id=thread_id)
+        if set(run_ids) - {r.id for r, _q in current}:
+            st.rerun()  # a run ended (or was withdrawn): draw its answer with the conversation
+        for position, (run, question) in enumerate(current):
+            _live_run(run, question, waiting=position)
+
+    live()
+
+
+def _live_run(run: Run, question: str, *, waiting: int) -> None:
+    with st.chat_message("user"):
+        st.markdown(question)
+    with st.chat_message("assistant"):
+        if run.status == RunStatus.queued:
+            ahead = "the current question" if waiting <= 1 else f"{waiting} questions"
+            st.caption(f":material/schedule: Queued: runs after {ahead} in this thread.")
+            if st.button("Withdraw", key=f"withdraw_{run.id}", icon=":material/close:", type="tertiary"):
+                with open_session() as session:
+                    runs.request_stop(session=session, run_id=run.id)
+                st.session_state[COMPOSER] = run.prompt or ""  # the withdrawn question goes back to the composer
+                st.rerun()
             return
-        _run(thread.id, user_msg, fresh=True)
+        elapsed = (utcnow() - run.started_at).total_seconds() if run.started_at else 0.0
+        label = "Stopping…" if run.stop_requested else f"Working on it… {elapsed:,.0f} s"
+        with st.status(label, expanded=True, state="running"):
+            if not run.progress:
+                st.caption("Reading the question and the workspace's tables…")
+            for step in run.progress:
+                _progress_step(step)
+        if not run.stop_requested and st.button("Stop", key=f"stop_{run.id}", icon=":material/stop_circle:"):
+            with open_session() as session:
+                runs.request_stop(session=session, run_id=run.id)
+            st.rerun(scope="fragment")
+
+
+def _progress_step(p: dict) -> None:
+    """One tool step of a run (from `Run.progress`): the call with its purpose and SQL, or its result."""
+    at = f"{p.get('at_s') or 0:,.1f} s · "
+    tool = p.get("tool") or ""
+    if p.get("kind") == "tool_call":
+        if tool == "run_sql":
+            st.markdown(f"{at}**Running SQL:** {safe_markdown(p.get('purpose') or '')}")
+            if p.get("sql"):
+                st.code(p["sql"], language="sql", wrap_lines=True)
+        elif tool.startswith("final_result"):
+            st.markdown(f"{at}Writing the answer…")
+        else:
+            st.markdown(f"{at}Calling `{tool}`…")
+    elif p.get("error"):
+        st.markdown(f"{at}:orange[`{tool}` failed; the agent will try again:] {safe_markdown(p['error'][:300])}")
+    elif p.get("row_count") is not None:
+        st.markdown(f"{at}→ {p['row_count']:,} row(s)")
 
 
 def _thread_menu(thread) -> None:
@@ -146,75 +247,58 @@ def _frame(artifact_id: int, file_path: str, handle: str):
         return f"The result of {handle} can't be shown: {exc}"
 
 
-def _run(thread_id: int, user_msg: Message, *, fresh: bool) -> None:
-    """Answer `user_msg`, showing live progress, then rerun to draw the stored result."""
-    if fresh:
-        with st.chat_message("user"):
-            st.markdown(user_msg.content)
-    with st.chat_message("assistant"):
-        with st.status("Working on it…", expanded=True) as status:
-
-            def on_progress(p: Progress) -> None:
-                if p.kind == "tool_call":
-                    if p.tool == "run_sql":
-                        st.markdown(f"**Running SQL:** {safe_markdown(p.purpose or '')}")
-                        if p.sql:
-                            st.code(p.sql, language="sql", wrap_lines=True)
-                    elif p.tool.startswith("final_result"):
-                        st.markdown("Writing the answer…")
-                    else:
-                        st.markdown(f"Calling `{p.tool}`…")
-                elif p.error:
-                    st.markdown(f":orange[`{p.tool}` failed; the agent will try again:] {p.error[:300]}")
-                elif p.row_count is not None:
-                    st.markdown(f"→ {p.row_count:,} row(s)")
-
-            with open_session() as session:
-                reply = turns.answer(
-                    session=session,
-                    thread_id=thread_id,
-                    user_message_id=user_msg.id,
-                    model=turns.configured_model(),
-                    on_progress=on_progress,
-                )
-            if reply.status == MessageStatus.failed:
-                status.update(label="The turn failed", state="error", expanded=False)
-            else:
-                status.update(label=f"Done in {reply.duration_s or 0:.1f} s", state="complete", expanded=False)
-    st.rerun()
-
-
-def _message(msg: Message, thread_id: int, arts: list[Artifact], frames: dict, *, is_head: bool, can_ask: bool) -> None:
+def _message(
+    msg: Message, thread_id: int, arts: list[Artifact], frames: dict, *, is_head: bool, can_ask: bool, run: Run | None = None
+) -> None:
     role = "user" if msg.role == Role.user else "assistant"
     with st.chat_message(role):
         if msg.role == Role.user:
             st.markdown(msg.content)
-        elif msg.status == MessageStatus.failed:
-            st.error(msg.error or msg.content, icon=":material/error:")
-            st.caption("A failed turn is not sent to the model in later turns; Retry to run it again.")
+        elif not MessageStatus(msg.status).answered:
+            _unanswered_reply(msg, run)
             if is_head and st.button("Retry", key=f"retry_{msg.id}", icon=":material/refresh:", disabled=not can_ask):
-                with open_session() as session:
-                    user_msg = threads_svc.get_message(session=session, message_id=msg.parent_id)
-                _run(thread_id, user_msg, fresh=False)
+                _answer_and_rerun(thread_id, msg.parent_id)
         elif msg.status == MessageStatus.clarification:
             st.markdown(":material/help: **A question before I answer**")
-            output = json.loads(msg.output_json or "{}")
+            output = msg.output or {}
             st.markdown(safe_markdown(output.get("question") or msg.content))
             options = output.get("options") or []
             if is_head and options:
                 cols = st.columns(min(len(options), 3))
                 for i, option in enumerate(options):
                     if cols[i % len(cols)].button(option, key=f"option_{msg.id}_{i}", disabled=not can_ask):
-                        st.session_state["_pending_prompt"] = option
-                        st.rerun()
+                        _enqueue_and_rerun(msg.workspace_id, thread_id, option)
             st.caption("Pick an answer" + (" above" if is_head and options else "") + ", or reply in the box below.")
         else:
             _answer(msg, arts, frames)
         _message_footer(msg, thread_id)
 
 
+_ENDED = {
+    MessageStatus.failed: ("The turn failed", ":material/error:"),
+    MessageStatus.stopped: ("Stopped", ":material/stop_circle:"),
+    MessageStatus.interrupted: ("Interrupted", ":material/power_off:"),
+}
+
+
+def _unanswered_reply(msg: Message, run: Run | None) -> None:
+    """A turn that ended without an answer: why, what it did until then, and that Retry re-runs it."""
+    status = MessageStatus(msg.status)
+    title, icon = _ENDED.get(status, _ENDED[MessageStatus.failed])
+    text = msg.error or msg.content
+    if status == MessageStatus.failed:
+        st.error(text, icon=icon)
+    else:
+        st.warning(f"**{title}.** {text}", icon=icon)
+    if run is not None and run.progress:
+        with st.expander(f"What the agent did before it ended ({len(run.progress)} step(s))"):
+            for step in run.progress:
+                _progress_step(step)
+    st.caption("A turn without an answer is not sent to the model in later turns; Retry to run it again.")
+
+
 def _answer(msg: Message, arts: list[Artifact], frames: dict) -> None:
-    output = json.loads(msg.output_json or "{}")
+    output = msg.output or {}
     figures = output.get("key_figures") or []
     if figures:
         cols = st.columns(min(len(figures), 4))
@@ -227,7 +311,7 @@ def _answer(msg: Message, arts: list[Artifact], frames: dict) -> None:
     by_handle = {a.handle: a for a in arts}
     for handle in [h for h in shown if h in by_handle] or [a.handle for a in arts]:
         _result(by_handle[handle], frames.get(by_handle[handle].id))
-    read = {(d["source"], d["sha256"]) for a in arts for d in artifacts_svc.datasets_read(a)}
+    read = {(d["source"], d["sha256"]) for a in arts for d in a.datasets_read}
     if read:
         st.caption("Datasets read: " + " · ".join(f"{src} ({short_hash(sha)})" for src, sha in sorted(read)))
 

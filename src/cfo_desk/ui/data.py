@@ -33,18 +33,18 @@ def render() -> None:
 
     a, b, c = st.columns(3)
     a.metric("Rows", f"{ds.row_count:,}")
-    b.metric("Columns", len(datasets_svc.dataset_columns(ds)))
+    b.metric("Columns", len(ds.columns))
     c.metric("File size", human_bytes(ds.size_bytes))
     source = ds.source_filename + (f" — worksheet “{ds.sheet_name}”" if ds.sheet_name else "")
     st.caption(f"Table `{ds.table_name}` from **{source}** · sha256 `{ds.sha256}` · loaded {ds.created_at:%Y-%m-%d %H:%M} UTC")
-    notes = datasets_svc.dataset_notes(ds)
+    notes = ds.notes
     if notes:
         with st.expander(f"What ingest noticed ({len(notes)})", expanded=bool(ds.date_order)):
             for n in notes:
                 st.markdown(f"- {n}")
     if ds.date_order:
         other = "MDY" if ds.date_order == "DMY" else "DMY"
-        st.caption(f"Ambiguous dates ({', '.join(datasets_svc.ambiguous_date_columns(ds))}) were read as {ds.date_order}.")
+        st.caption(f"Ambiguous dates ({', '.join(ds.ambiguous_date_columns)}) were read as {ds.date_order}.")
         if st.button(f"Re-read dates as {other}", key="switch_dates"):
             with open_session() as session:
                 datasets_svc.set_date_order(session=session, dataset_id=ds.id, date_order=other)

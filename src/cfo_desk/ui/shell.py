@@ -10,11 +10,25 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import streamlit as st
+
+from cfo_desk.services import worker
 from cfo_desk.ui import sidebar, state
 
 
+@st.cache_resource(show_spinner=False)
+def _run_worker() -> worker.RunWorker:
+    """The process's background worker, started by the first page any session draws. It executes
+    queued runs (and recovers those a dead process left) whether or not a page is open."""
+    return worker.start_worker()
+
+
 def frame(render: Callable[[], None]) -> None:
-    """Draw the sidebar, then the page body, then mirror the open workspace/thread into the URL."""
+    """Start the run worker (once per process), draw the sidebar, then the page body, then mirror
+    the open workspace/thread into the URL."""
+    if not _run_worker().alive:  # stopped (tests shut it down between runs): start a new one
+        _run_worker.clear()
+        _run_worker()
     sidebar.render()
     render()
     state.sync_url()

@@ -7,7 +7,7 @@ import html
 import streamlit as st
 
 from cfo_desk.services import datasets as datasets_svc
-from cfo_desk.services import samples, threads as threads_svc, workspaces as workspaces_svc
+from cfo_desk.services import runs, samples, threads as threads_svc, workspaces as workspaces_svc
 from cfo_desk.services.errors import ServiceError
 from cfo_desk.services.session import open_session
 from cfo_desk.ui import state
@@ -181,7 +181,7 @@ def _ingest_notes(dataset_id: int, key: str) -> None:
             ds = datasets_svc.get_dataset(session=session, dataset_id=dataset_id)
         except ServiceError:
             return
-    notes = datasets_svc.dataset_notes(ds)
+    notes = ds.notes
     if notes:
         with st.expander(f"What ingest noticed ({len(notes)})", expanded=bool(ds.date_order)):
             st.markdown("\n".join(f"- {n}" for n in notes))
@@ -191,7 +191,7 @@ def _ingest_notes(dataset_id: int, key: str) -> None:
 
 def _date_order_switch(ds, key: str) -> None:
     dataset_id = ds.id
-    cols = ", ".join(datasets_svc.ambiguous_date_columns(ds)) or "dates"
+    cols = ", ".join(ds.ambiguous_date_columns) or "dates"
     current = ds.date_order or "MDY"
     other = "MDY" if current == "DMY" else "DMY"
     label = {"DMY": "day/month (31/12)", "MDY": "month/day (12/31)"}
@@ -252,9 +252,12 @@ def _threads(ws_id: int) -> None:
         state.go_to_chat()
     with open_session() as session:
         rows = threads_svc.list_threads(session=session, workspace_id=ws_id)
+        busy = runs.thread_ids_with_open_runs(session=session, thread_ids=[t.id for t in rows])
     current = state.current_thread_id()
     for t in rows:
         icon = ":material/call_split:" if t.forked_from_thread_id else ":material/chat_bubble:"
+        if t.id in busy:
+            icon = ":material/progress_activity:"  # a run is going (or waiting) in this thread
         if st.button(t.title, key=f"thread_{t.id}", icon=icon, type="primary" if t.id == current else "tertiary", width="stretch"):
             state.open_thread(t.id)
             state.go_to_chat()
