@@ -79,6 +79,25 @@ def sql_script(
     return scripted(plan, delay_s=delay_s)
 
 
+def then_wait(first_sql: str, wait_s: float, answer: str = "Done.") -> FunctionModel:
+    """A model that calls run_sql with `first_sql` at once, then thinks `wait_s` seconds (asyncio)
+    before answering: a run with progress on record that is still going (for Stop and kill tests)."""
+
+    async def stream(messages, info):
+        returns = [r for r in turn_returns(messages) if r.tool_name == "run_sql"]
+        if not returns:
+            part = ToolCallPart("run_sql", {"purpose": "First look", "sql": first_sql})
+        else:
+            await asyncio.sleep(wait_s)
+            part = output_call(info, "FinalAnswer", {"answer_markdown": answer})
+        yield {0: DeltaToolCall(name=part.tool_name, json_args=part.args_as_json_str(), tool_call_id=part.tool_call_id)}
+
+    async def plain(messages, info):  # pragma: no cover - the app always streams
+        raise AssertionError("streamed runs only")
+
+    return FunctionModel(plain, stream_function=stream, model_name="then-wait")
+
+
 def result_content(ret: ToolReturnPart) -> dict[str, Any]:
     """The run_sql tool return as a dict (content may arrive as JSON text)."""
     c = ret.content

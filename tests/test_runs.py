@@ -6,14 +6,11 @@ standing in for a real model's latency.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 
 import pytest
-from agent_script import output_call, sql_script, turn_returns
-from pydantic_ai.messages import ModelResponse, ToolCallPart
-from pydantic_ai.models.function import DeltaToolCall, FunctionModel
+from agent_script import sql_script, then_wait
 from sqlmodel import func, select
 
 from cfo_desk.agent.core import use_model
@@ -69,24 +66,6 @@ def wait_for(predicate, timeout_s: float = 20.0, what: str = "condition"):
 
 def count(session, model) -> int:
     return session.exec(select(func.count()).select_from(model)).one()
-
-
-def then_wait(first_sql: str, wait_s: float, answer: str = "Done.") -> FunctionModel:
-    """A model that runs `first_sql` at once, then thinks `wait_s` seconds before answering."""
-
-    async def stream(messages, info):
-        returns = [r for r in turn_returns(messages) if r.tool_name == "run_sql"]
-        if not returns:
-            part = ToolCallPart("run_sql", {"purpose": "First look", "sql": first_sql})
-        else:
-            await asyncio.sleep(wait_s)
-            part = output_call(info, "FinalAnswer", {"answer_markdown": answer})
-        yield {0: DeltaToolCall(name=part.tool_name, json_args=part.args_as_json_str(), tool_call_id=part.tool_call_id)}
-
-    async def plain(messages, info):  # pragma: no cover - the worker always streams
-        raise AssertionError("streamed runs only")
-
-    return FunctionModel(plain, stream_function=stream, model_name="then-wait")
 
 
 def test_background_run_answers_and_keeps_its_progress(session, fast_worker):
