@@ -48,7 +48,7 @@ def create_workspace(at: AppTest, name: str) -> None:
 
 def texts(at: AppTest) -> str:
     """Everything the main area shows as markdown, captions, errors, infos."""
-    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [e.value for e in at.error] + [i.value for i in at.info]
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [e.value for e in at.error] + [i.value for i in at.info] + [w.value for w in at.warning]
     return "\n".join(str(p) for p in parts)
 
 
@@ -299,3 +299,79 @@ def test_clarifying_question_options_answer_in_one_click():
     from test_threads import prompts_seen
 
     assert prompts_seen(seen[0]) == ["What is churn?", "Logo churn"]
+
+
+def test_a_run_survives_leaving_the_page_and_shows_live_progress():
+    from agent_script import then_wait
+
+    use_model(then_wait("SELECT 7 AS seven", wait_s=1.5, answer="Seven it is."))
+    at = app()
+    create_workspace(at, "W")
+    at.chat_input[0].set_value("Slow question?").run()
+    assert not at.exception, at.exception
+    assert [b for b in at.button if b.key and b.key.startswith(("stop_", "withdraw_"))]  # the live view, not an answer yet
+    assert "Seven it is." not in texts(at)
+    at.switch_page("views/data.py").run()  # the analyst looks elsewhere while the model thinks
+    assert not at.exception, at.exception
+    at.switch_page("views/chat.py")
+    settle(at)
+    assert "Seven it is." in texts(at) and "interrupted" not in texts(at).lower()
+
+
+def test_stop_from_the_page_records_a_stopped_turn_with_retry():
+    from agent_script import then_wait
+
+    use_model(then_wait("SELECT 7 AS seven", wait_s=60))
+    at = app()
+    create_workspace(at, "W")
+    at.chat_input[0].set_value("Too slow?").run()
+    from cfo_desk.services.session import open_session
+    from cfo_desk.storage.models import Run
+
+    deadline = time.monotonic() + 20
+    while True:  # wait until the first query's result is on record, then redraw the live view
+        with open_session() as session:
+            run = session.get(Run, 1)
+            if any(p["kind"] == "tool_result" for p in run.progress):
+                break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    at.run()
+    assert any("Running SQL" in m.value for m in at.markdown)  # the step, with its SQL
+    assert any("SELECT 7 AS seven" in c.value for c in at.code)
+    [b for b in at.button if b.key and b.key.startswith("stop_")][0].click().run()
+    settle(at)
+    assert "Stopped by the analyst" in texts(at)
+    retry = [b for b in at.button if b.key and b.key.startswith("retry_")]
+    assert retry
+    use_model(sql_script(["SELECT 8 AS eight"], {"answer_markdown": "Answered after all."}))
+    retry[0].click().run()
+    settle(at)
+    assert "Answered after all." in texts(at)
+
+
+def test_two_questions_sent_back_to_back_are_both_answered_in_order():
+    use_model(sql_script([], {"answer_markdown": "Noted."}, delay_s=0.3))
+    at = app()
+    create_workspace(at, "W")
+    at.chat_input[0].set_value("First?").run()
+    assert not at.chat_input[0].disabled  # a follow-up can be typed while the first runs
+    at.chat_input[0].set_value("Second?").run()
+    settle(at)
+    users = [m.value for m in at.markdown if m.value in ("First?", "Second?")]
+    assert users == ["First?", "Second?"] and texts(at).count("Noted.") == 2
+
+
+def test_an_overlong_question_is_refused_and_kept_in_the_composer():
+    use_model(sql_script([], {"answer_markdown": "unused"}))
+    at = app()
+    create_workspace(at, "W")
+    long_question = "Why? " * 5000
+    at.chat_input[0].set_value(long_question).run()
+    assert not at.exception, at.exception
+    assert any("questions are at most 20,000" in e.value for e in at.error)
+    assert not [b for b in at.sidebar.button if b.key and b.key.startswith("thread_")]  # no empty thread left behind
+    assert not at.chat_input[0].disabled
+    at.chat_input[0].set_value("Short now?").run()
+    settle(at)
+    assert "unused" in texts(at)

@@ -11,7 +11,7 @@
 | `CFO_DESK_REQUEST_LIMIT` | model requests per turn | 25 |
 | `CFO_DESK_TOOL_CALLS_LIMIT` | tool calls per turn | 30 |
 | `CFO_DESK_TOTAL_TOKENS_LIMIT` | model tokens (input + output) per turn | 1,000,000 |
-| `CFO_DESK_RUNS_PER_PROCESS` | runs one process (app or `cfo-desk worker`) executes at once | 4 |
+| `CFO_DESK_RUNS_PER_PROCESS` | runs one process (app or `cfo-desk worker`) executes at once | 8 |
 | `CFO_DESK_RUN_LEASE_S` | seconds a run's thread lease lasts without a heartbeat (crash detection) | 30 |
 | `CFO_DESK_RUN_POLL_S` | seconds between a worker's looks at the run queue | 0.5 |
 | `CFO_DESK_QUEUED_PER_THREAD` | questions that may wait behind a running one in a thread | 5 |
@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     cfo_desk_request_limit: int = Field(default=25, gt=0, description="Model requests per turn.")
     cfo_desk_tool_calls_limit: int = Field(default=30, gt=0, description="Tool calls per turn.")
     cfo_desk_total_tokens_limit: int = Field(default=1_000_000, gt=0, description="Model tokens (in + out) per turn.")
-    cfo_desk_runs_per_process: int = Field(default=4, gt=0, le=64, description="Runs one process executes at once.")
+    cfo_desk_runs_per_process: int = Field(default=8, gt=0, le=64, description="Runs one process executes at once.")
     cfo_desk_run_lease_s: float = Field(default=30.0, ge=1, description="Seconds a thread lease lasts without a heartbeat.")
     cfo_desk_run_poll_s: float = Field(default=0.5, gt=0, le=10, description="Seconds between looks at the run queue.")
     cfo_desk_queued_per_thread: int = Field(default=5, ge=0, le=50, description="Questions that may wait behind a running one.")

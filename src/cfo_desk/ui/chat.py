@@ -174,11 +174,7 @@ def _live_run(run: Run, question: str, *, waiting: int) -> None:
         if run.status == RunStatus.queued:
             ahead = "the current question" if waiting <= 1 else f"{waiting} questions"
             st.caption(f":material/schedule: Queued: runs after {ahead} in this thread.")
-            if st.button("Withdraw", key=f"withdraw_{run.id}", icon=":material/close:", type="tertiary"):
-                with open_session() as session:
-                    runs.request_stop(session=session, run_id=run.id)
-                st.session_state[COMPOSER] = run.prompt or ""  # the withdrawn question goes back to the composer
-                st.rerun()
+            st.button("Withdraw", key=f"withdraw_{run.id}", icon=":material/close:", type="tertiary", on_click=_withdraw, args=(run.id, run.prompt))
             return
         elapsed = (utcnow() - run.started_at).total_seconds() if run.started_at else 0.0
         label = "Stopping…" if run.stop_requested else f"Working on it… {elapsed:,.0f} s"
@@ -187,10 +183,21 @@ def _live_run(run: Run, question: str, *, waiting: int) -> None:
                 st.caption("Reading the question and the workspace's tables…")
             for step in run.progress:
                 _progress_step(step)
-        if not run.stop_requested and st.button("Stop", key=f"stop_{run.id}", icon=":material/stop_circle:"):
-            with open_session() as session:
-                runs.request_stop(session=session, run_id=run.id)
-            st.rerun(scope="fragment")
+        if not run.stop_requested:
+            st.button("Stop", key=f"stop_{run.id}", icon=":material/stop_circle:", on_click=_stop, args=(run.id,))
+
+
+def _stop(run_id: int) -> None:
+    """Stop's callback (before the redraw, so the live view already says "Stopping…")."""
+    with open_session() as session:
+        runs.request_stop(session=session, run_id=run_id)
+
+
+def _withdraw(run_id: int, prompt: str | None) -> None:
+    """Withdraw a queued question; its text goes back into the composer, so nothing typed is lost."""
+    _stop(run_id)
+    if prompt:
+        st.session_state[COMPOSER] = prompt
 
 
 def _progress_step(p: dict) -> None:
