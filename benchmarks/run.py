@@ -4,6 +4,9 @@
    results. Target: ratio ~1 (a fork is one row; it copies nothing).
 2. Ingest throughput: a 200,000-row messy CSV ($ amounts, European decimals, DD.MM.YYYY dates), rows/s.
 3. Sandbox overhead: run_query of a trivial SELECT vs a bare DuckDB execute on an open connection.
+4-6. Background runs (benchmarks/runs.py): per-turn overhead of the queue/lease/worker path vs
+   running the turn in the script; 10 threads asking at once at 4 vs 10 runs per process (wall
+   time vs ideal, peak RSS); per-turn time at thread depth 1 vs 50.
 """
 
 from __future__ import annotations
@@ -72,6 +75,10 @@ def main() -> None:
         bare = timed(lambda: con.execute("SELECT 1 AS a").fetchall(), repeat=50)
     sandboxed = timed(lambda: run_query(db, "SELECT 1 AS a", parquet_path=tmp / "q.parquet"), repeat=50)
     print(f"sandbox: run_query {sandboxed * 1e3:.2f} ms vs bare execute {bare * 1e3:.3f} ms, ratio {sandboxed / bare:.0f}x (connection + gate + Parquet per query)")
+
+    import runs  # benchmarks/runs.py (this folder is on sys.path when run as a script); own homes per scenario
+
+    runs.main()
 
 
 if __name__ == "__main__":
