@@ -51,8 +51,9 @@ def _enum(enum_cls: type[StrEnum], name: str) -> Enum:
     )
 
 
-def _json(nullable: bool = False, default: Any = None) -> Column:
-    return Column(JSON, nullable=nullable, default=default)
+def _json(nullable: bool = False) -> Column:
+    """A JSON column; in a nullable one, Python None is SQL NULL (not the JSON text 'null')."""
+    return Column(JSON(none_as_null=True), nullable=nullable)
 
 
 def _ts(nullable: bool = False) -> Column:
@@ -213,7 +214,7 @@ class Run(SQLModel, table=True):
     thread_id: int = Field(sa_column=Column(Integer, ForeignKey("thread.id", ondelete="CASCADE"), index=True, nullable=False))
     prompt: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     user_message_id: int | None = Field(
-        default=None, sa_column=Column(Integer, ForeignKey("message.id", ondelete="SET NULL"), nullable=True)
+        default=None, sa_column=Column(Integer, ForeignKey("message.id", ondelete="SET NULL"), index=True, nullable=True)
     )
     reply_message_id: int | None = Field(
         default=None, sa_column=Column(Integer, ForeignKey("message.id", ondelete="SET NULL"), index=True, nullable=True)
