@@ -24,6 +24,13 @@ Endpoints: ``POST /v1/chat/completions`` (``"stream": false`` and ``"stream": tr
 ``GET /v1/models``; anything else is a 404. A request whose ``Authorization: Bearer`` token
 is in ``bad_keys`` (default ``{"bad-key"}``) gets an OpenAI-style HTTP 401.
 
+A slow model: ``StubOpenAIServer(delay_s=2.0)`` (or ``--delay 2``) makes every chat completion
+wait that long before it answers; ``delay_s`` may also be ``delay_s(request_json) -> seconds``
+(e.g. hold only the request after a ``run_sql`` result) and may be changed while the server runs.
+``server.release()`` ends the waits in progress at once (a test finishes a slow turn on cue). A
+client that hangs up while its request waits (a cancelled agent run) gets no answer; its request
+is appended to ``server.disconnected``.
+
 Note: pydantic-ai's ``openai:`` model strings use the Responses API (``/v1/responses``), which
 this stub does not implement (404); use ``openai-chat:<model>``.
 """
@@ -33,7 +40,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import signal
+import socket
 import sys
 import threading
 import time
@@ -108,6 +117,8 @@ class Reply:
 
 
 Policy = Callable[[dict[str, Any]], Any]
+Delay = float | Callable[[dict[str, Any]], float]
+"""Seconds a chat completion waits before it answers, or a function of the request returning them."""
 
 
 # --------------------------------------------------------------------------- policies
@@ -383,24 +394,30 @@ class _Handler(BaseHTTPRequestHandler):
         self.stub._record(body)
         if not self._authorised():
             return
+        if not self.stub._wait(body, self.connection):
+            self.stub._record_disconnect(body)  # the client gave up (e.g. its run was cancelled)
+            return
         try:
             reply = Reply.coerce(self.stub.policy(body))
         except Exception as exc:  # a broken policy should be visible, not hang the client
             self._send_json(500, {"error": {"message": f"stub policy failed: {exc!r}", "type": "server_error"}})
             return
         model = body.get("model") or self.stub.model
-        if body.get("stream"):
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Cache-Control", "no-cache")
-            self.end_headers()
-            for chunk in _chunks(body, reply, model):
-                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        try:
+            if body.get("stream"):
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Cache-Control", "no-cache")
+                self.end_headers()
+                for chunk in _chunks(body, reply, model):
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    self.wfile.flush()
+                self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()
-            self.wfile.write(b"data: [DONE]\n\n")
-            self.wfile.flush()
-        else:
-            self._send_json(200, _completion(body, reply, model))
+            else:
+                self._send_json(200, _completion(body, reply, model))
+        except (BrokenPipeError, ConnectionResetError):  # hung up while we answered: no traceback
+            self.stub._record_disconnect(body)
 
 
 class _Server(ThreadingHTTPServer):
@@ -424,9 +441,13 @@ class StubOpenAIServer:
         model: model id listed by ``GET /v1/models``.
         bad_keys: bearer tokens answered with an OpenAI-style HTTP 401.
         verbose: log each HTTP request to stderr.
+        delay_s: seconds each chat completion waits before it answers (default 0: at once), or
+            ``delay_s(request_json) -> seconds``. Read per request: assign ``server.delay_s`` to
+            change it while the server runs; :meth:`release` ends the waits in progress.
 
     Attributes:
         requests: every ``POST /v1/chat/completions`` JSON body received, in order.
+        disconnected: the request bodies whose client hung up before it got its answer.
     """
 
     def __init__(
@@ -438,13 +459,17 @@ class StubOpenAIServer:
         model: str = "stub-model",
         bad_keys: Iterable[str] = ("bad-key",),
         verbose: bool = False,
+        delay_s: Delay = 0.0,
     ) -> None:
         self.policy: Policy = policy or cfo_script
         self.model = model
         self.bad_keys = frozenset(bad_keys)
         self.verbose = verbose
+        self.delay_s: Delay = delay_s
         self.requests: list[dict[str, Any]] = []
+        self.disconnected: list[dict[str, Any]] = []
         self._lock = threading.Lock()
+        self._released = 0  # bumped by release(): a waiting request that saw another value answers
         self._host = host
         self._port = port
         self._httpd: _Server | None = None
@@ -463,9 +488,10 @@ class StubOpenAIServer:
         return self
 
     def stop(self) -> None:
-        """Stop serving and close the socket (idempotent)."""
+        """Stop serving and close the socket (idempotent); delayed requests answer at once."""
         if self._httpd is None:
             return
+        self.release()
         self._httpd.shutdown()
         self._httpd.server_close()
         if self._thread is not None:
@@ -497,9 +523,43 @@ class StubOpenAIServer:
         """The ``model`` object listed by ``GET /v1/models``."""
         return {"id": self.model, "object": "model", "created": 0, "owned_by": "stub"}
 
+    def release(self) -> None:
+        """End the delays of the requests waiting now: they answer at once. Later requests wait
+        their ``delay_s`` again (set ``delay_s = 0`` first for a fast model from now on)."""
+        with self._lock:
+            self._released += 1
+
     def _record(self, body: dict[str, Any]) -> None:
         with self._lock:
             self.requests.append(body)
+
+    def _record_disconnect(self, body: dict[str, Any]) -> None:
+        with self._lock:
+            self.disconnected.append(body)
+
+    def _wait(self, body: dict[str, Any], conn: socket.socket) -> bool:
+        """Wait out this request's delay; False when its client hung up meanwhile."""
+        delay = self.delay_s(body) if callable(self.delay_s) else self.delay_s
+        if not delay or delay <= 0:
+            return True
+        deadline = time.monotonic() + float(delay)
+        with self._lock:
+            released = self._released
+        while True:
+            remaining = deadline - time.monotonic()
+            with self._lock:
+                if remaining <= 0 or self._released != released:
+                    return True
+            # Sleep on the socket: readable before the answer means the client closed it (EOF) or reset it.
+            step = min(remaining, 0.05)
+            readable, _, _ = select.select([conn], [], [], step)
+            if readable:
+                try:
+                    if conn.recv(1, socket.MSG_PEEK) == b"":
+                        return False
+                except OSError:
+                    return False
+                time.sleep(step)  # bytes after the request (not an EOF): don't spin on them
 
 
 # --------------------------------------------------------------------------- CLI
@@ -513,9 +573,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--script", default="cfo", choices=sorted(SCRIPTS), help="reply policy")
     parser.add_argument("--model", default="stub-model", help="model id for GET /v1/models")
     parser.add_argument("--verbose", action="store_true", help="log requests to stderr")
+    parser.add_argument("--delay", type=float, default=0.0, metavar="SECONDS", help="wait this long before each chat completion answers")
     args = parser.parse_args(argv)
 
-    stub = StubOpenAIServer(SCRIPTS[args.script], port=args.port, host=args.host, model=args.model, verbose=args.verbose)
+    stub = StubOpenAIServer(
+        SCRIPTS[args.script], port=args.port, host=args.host, model=args.model, verbose=args.verbose, delay_s=args.delay
+    )
     httpd = _Server((args.host, args.port), stub)
     stub._httpd = httpd  # so .port / .base_url work
 

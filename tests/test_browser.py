@@ -5,6 +5,10 @@ upload a CSV, ask, fork from the answer, ask in the fork, go back to the source 
 tests/stub_openai.py served in-process on 127.0.0.1; the app subprocess reaches it via OPENAI_BASE_URL.
 Screenshots go to <repo>/test-artifacts/ (gitignored); the README uses journey-answer.png.
 
+Background runs (a turn runs in the app's worker thread, not in the page): with the stub holding the
+model's last request of the turn, a run survives leaving the Chat page, a reload and a closed tab
+(test-artifacts/run-in-progress.png shows its live progress), and Stop stops it, with Retry after.
+
 Run: .venv/bin/pytest -q tests/test_browser.py   (select/deselect with -m browser / -m "not browser").
 """
 
@@ -18,8 +22,10 @@ import socket
 import subprocess
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -213,36 +219,39 @@ def app_url(stub: StubOpenAIServer, home: Path, tmp_path: Path) -> Iterator[str]
         print(f"--- stub model: {len(stub.requests)} request(s) ---")
 
 
-# --------------------------------------------------------------------------- the test
+# --------------------------------------------------------------------------- browser helpers
 
 
-def test_journey_in_browser(chromium: str, app_url: str, stub: StubOpenAIServer, tmp_path: Path) -> None:
+@contextmanager
+def _browser_page(chromium: str, name: str) -> Iterator[Any]:
+    """A chromium page that can reach only 127.0.0.1; on failure test-artifacts/<name>-failure.png."""
     from playwright.sync_api import expect, sync_playwright
 
-    csv_path = tmp_path / "revenue.csv"
-    csv_path.write_text(REVENUE_CSV)
     ARTIFACTS.mkdir(exist_ok=True)
-    (ARTIFACTS / "journey-failure.png").unlink(missing_ok=True)
+    failure = ARTIFACTS / f"{name}-failure.png"
+    failure.unlink(missing_ok=True)
     expect.set_options(timeout=UI_TIMEOUT_MS)
-
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page()
-            page.set_viewport_size({"width": 1400, "height": 900})
-            page.set_default_timeout(UI_TIMEOUT_MS)
-            # No request may leave 127.0.0.1 (fonts, telemetry, ...): abort anything else.
-            page.route(re.compile(r"^(?!https?://127\.0\.0\.1[:/]).*"), lambda route: route.abort())
+            page = browser.new_context().new_page()  # a context of our own: a test may open more tabs
+            _prepare(page)
             try:
-                _journey(page, app_url, csv_path, expect)
+                yield page
             except Exception:
-                page.screenshot(path=str(ARTIFACTS / "journey-failure.png"), full_page=True)
+                open_pages = page.context.pages  # the test may have closed this tab and opened another
+                if open_pages:
+                    open_pages[-1].screenshot(path=str(failure), full_page=True)
                 raise
         finally:
             browser.close()
 
-    # Two model requests per turn: question -> run_sql, run_sql result -> FinalAnswer.
-    assert len(stub.requests) == 4, [r["messages"][-1] for r in stub.requests]
+
+def _prepare(page) -> None:
+    page.set_viewport_size({"width": 1400, "height": 900})
+    page.set_default_timeout(UI_TIMEOUT_MS)
+    # No request may leave 127.0.0.1 (fonts, telemetry, ...): abort anything else.
+    page.route(re.compile(r"^(?!https?://127\.0\.0\.1[:/]).*"), lambda route: route.abort())
 
 
 # Counts finished script runs: the frontend sets stApp's data-test-script-state to "running" while the
@@ -270,37 +279,69 @@ _SETTLED = """n => window.__runsDone > n
   && !document.querySelector('[data-stale="true"]')"""
 
 
-def _journey(page, url: str, csv_path: Path, expect) -> None:
-    sidebar = page.get_by_test_id("stSidebar")
-    # data-testid stMain, or stAppScrollToBottomContainer once the page has a chat input.
-    main = page.get_by_role("main")
+def _rerun(page, action) -> None:
+    """Do `action` and wait until a script run started after it has finished (not for pages with
+    a live run: its fragment reruns every second, so "a run finished" says nothing there)."""
+    before = page.evaluate(_WATCH_RUNS)
+    action()
+    page.wait_for_function(_SETTLED, arg=before, timeout=UI_TIMEOUT_MS)
+
+
+def _ask(page, question: str) -> None:
     composer = page.get_by_test_id("stChatInput").locator("textarea")
+    composer.fill(question)
+    composer.press("Enter")
 
-    def rerun(action) -> None:
-        """Do `action` and wait until a script run started after it has finished."""
-        before = page.evaluate(_WATCH_RUNS)
-        action()
-        page.wait_for_function(_SETTLED, arg=before, timeout=UI_TIMEOUT_MS)
 
-    def ask(question: str) -> None:
-        composer.fill(question)
-        composer.press("Enter")
+def _new_workspace_with_csv(page, url: str, csv_path: Path, name: str) -> None:
+    """From an empty install: create workspace `name` in the sidebar and upload the revenue CSV."""
+    from playwright.sync_api import expect
 
+    sidebar = page.get_by_test_id("stSidebar")
     # 1. Empty install: offers the sample; create a workspace from the "New workspace" popover.
     page.goto(url)
     expect(sidebar.get_by_role("button", name="Load sample workspace")).to_be_visible(timeout=30_000)
     sidebar.get_by_role("button", name="New workspace").click()
     name_box = page.get_by_role("textbox", name="Name")
     expect(name_box).to_be_visible()
-    name_box.fill("Acme FP&A")
-    rerun(page.get_by_role("button", name="Create").click)
-    expect(sidebar.get_by_role("combobox", name="Workspace")).to_have_value("Acme FP&A")
+    name_box.fill(name)
+    _rerun(page, page.get_by_role("button", name="Create").click)
+    expect(sidebar.get_by_role("combobox", name="Workspace")).to_have_value(name)
     expect(sidebar.get_by_role("button", name="Load sample workspace")).to_have_count(0)
 
     # 2. Upload the CSV (European number format) through the sidebar's file input.
-    rerun(lambda: sidebar.locator("input[type=file]").set_input_files(str(csv_path)))
+    _rerun(page, lambda: sidebar.locator("input[type=file]").set_input_files(str(csv_path)))
     expect(sidebar.get_by_text(re.compile(r"Loaded\s+revenue\.csv\s+as\s+revenue\s+\(4 rows\)"))).to_be_visible()
     expect(sidebar.get_by_text(re.compile(r"revenue\s*· 4 rows"))).to_be_visible()  # the Datasets list
+
+
+# --------------------------------------------------------------------------- the journey
+
+
+def test_journey_in_browser(chromium: str, app_url: str, stub: StubOpenAIServer, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    csv_path = tmp_path / "revenue.csv"
+    csv_path.write_text(REVENUE_CSV)
+    with _browser_page(chromium, "journey") as page:
+        _journey(page, app_url, csv_path, expect)
+
+    # Two model requests per turn: question -> run_sql, run_sql result -> FinalAnswer.
+    assert len(stub.requests) == 4, [r["messages"][-1] for r in stub.requests]
+
+
+def _journey(page, url: str, csv_path: Path, expect) -> None:
+    sidebar = page.get_by_test_id("stSidebar")
+    # data-testid stMain, or stAppScrollToBottomContainer once the page has a chat input.
+    main = page.get_by_role("main")
+
+    def rerun(action) -> None:
+        _rerun(page, action)
+
+    def ask(question: str) -> None:
+        _ask(page, question)
+
+    _new_workspace_with_csv(page, url, csv_path, "Acme FP&A")  # steps 1 and 2
 
     # 3. New thread, ask; the answer, its table and its SQL appear.
     rerun(sidebar.get_by_role("button", name="New thread").click)
@@ -353,3 +394,183 @@ def _journey(page, url: str, csv_path: Path, expect) -> None:
     expect(main.get_by_role("combobox", name="Dataset")).to_have_value(re.compile(r"revenue\s*·\s*4 rows"))
     expect(page.get_by_test_id("stSidebarNav").get_by_text("Artifacts")).to_be_visible()
     expect(page.get_by_test_id("stSidebarNav").get_by_text("app", exact=True)).to_have_count(0)
+
+
+# --------------------------------------------------------------------------- background runs
+# A turn runs in the app's worker thread, not in the page: leaving for another page, reloading or
+# closing the tab must not stop it, and Stop must. The stub holds the model's last request of a turn
+# (the one after the run_sql result) until the test calls `stub.release()`, so each check below sees
+# the run in progress for sure, with its SQL step already in the live progress.
+
+HOLD_S = 60.0  # longer than any test waits; released by the test (or by the stub's teardown)
+WORKING = re.compile(r"Working on it… (\d[\d,]*) s")
+
+
+def _hold_final_answer(request: dict[str, Any]) -> float:
+    """The stub's `delay_s`: hold the request that carries a run_sql result; answer the others at once."""
+    messages = request.get("messages") or []
+    last = messages[-1] if messages else {}
+    held = last.get("role") == "tool" and _called_tool(messages, last.get("tool_call_id")) == "run_sql"
+    return HOLD_S if held else 0.0
+
+
+def _start_held_run(page, url: str, stub: StubOpenAIServer, tmp_path: Path, workspace: str) -> None:
+    """A workspace with the revenue CSV, QUESTION_1 asked, its run held after its SQL step."""
+    from playwright.sync_api import expect
+
+    csv_path = tmp_path / "revenue.csv"
+    csv_path.write_text(REVENUE_CSV)
+    _new_workspace_with_csv(page, url, csv_path, workspace)
+    stub.delay_s = _hold_final_answer
+    _ask(page, QUESTION_1)
+    main = page.get_by_role("main")
+    _expect_live(page)
+    # The URL names the thread from the moment the question is queued.
+    expect(page).to_have_url(re.compile(r"[?&]ws=\d+.*[?&]thread=\d+"))
+    expect(main.get_by_role("heading", name=QUESTION_1)).to_be_visible()
+    _wait_for(lambda: len(stub.requests) == 2)  # the held request (sent right after the SQL step)
+    assert not stub.disconnected
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float = UI_TIMEOUT_MS / 1000) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def _place(url: str) -> dict[str, list[str]]:
+    """The workspace and thread a URL names."""
+    query = parse_qs(urlsplit(url).query)
+    return {k: query.get(k, []) for k in ("ws", "thread")}
+
+
+def _expect_live(page) -> None:
+    """The run's live view: status label, the run_sql step with its purpose, SQL and row count, Stop."""
+    from playwright.sync_api import expect
+
+    main = page.get_by_role("main")
+    expect(main.get_by_text(WORKING)).to_be_visible()
+    expect(main.get_by_text("Running SQL: December 2024 revenue")).to_be_visible()
+    expect(main.get_by_test_id("stCode").filter(has_text="SELECT sum(revenue) AS total FROM revenue")).to_be_visible()
+    expect(main.get_by_text("→ 1 row(s)")).to_be_visible()
+    expect(main.get_by_role("button", name="Stop")).to_be_visible()
+    expect(main.get_by_test_id("stChatMessage").filter(has_text=QUESTION_1)).to_have_count(1)  # the question, once
+    expect(main.get_by_text(ANSWER_1)).to_have_count(0)
+
+
+def _elapsed_s(page) -> int:
+    """The live view's "Working on it… N s" as N."""
+    label = page.get_by_role("main").get_by_text(WORKING).inner_text()
+    match = WORKING.search(label)
+    assert match, label
+    return int(match.group(1).replace(",", ""))
+
+
+def _expect_answered(page, stub: StubOpenAIServer, requests: int) -> None:
+    """The committed answer (with its table), no live view left, nothing interrupted or failed."""
+    from playwright.sync_api import expect
+
+    main = page.get_by_role("main")
+    expect(main.get_by_text(ANSWER_1)).to_be_visible()
+    expect(main.get_by_text(ANSWER_1)).to_have_count(1)
+    expect(main.get_by_test_id("stDataFrame")).to_have_count(1)
+    expect(main.get_by_text(WORKING)).to_have_count(0)
+    expect(main.get_by_role("button", name="Stop")).to_have_count(0)
+    expect(main.get_by_text(re.compile("Interrupted|interrupted|The turn failed"))).to_have_count(0)
+    expect(main.get_by_test_id("stException")).to_have_count(0)
+    # The run was never restarted: one turn, two model requests, none abandoned.
+    assert len(stub.requests) == requests, [r["messages"][-1] for r in stub.requests]
+    assert not stub.disconnected
+
+
+def test_run_survives_leaving_the_chat_page(chromium: str, app_url: str, stub: StubOpenAIServer, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    with _browser_page(chromium, "run-navigation") as page:
+        main = page.get_by_role("main")
+        nav = page.get_by_test_id("stSidebarNav")
+        _start_held_run(page, app_url, stub, tmp_path, "Navigation Co")
+
+        # Away to the Data page while the run goes; it keeps going there (the model call is pending).
+        nav.get_by_role("link", name="Data").click()
+        expect(main.get_by_role("heading", name="Data")).to_be_visible()
+        expect(main.get_by_role("combobox", name="Dataset")).to_have_value(re.compile(r"revenue\s*·\s*4 rows"))
+        expect(main.get_by_text(WORKING)).to_have_count(0)
+        page.wait_for_timeout(1_500)
+        assert len(stub.requests) == 2 and not stub.disconnected
+
+        # Back to Chat: the same thread, the run still in progress, then its answer.
+        nav.get_by_role("link", name="Chat").click()
+        expect(main.get_by_role("heading", name=QUESTION_1)).to_be_visible()
+        expect(page).to_have_url(re.compile(r"[?&]thread=\d+"))
+        _expect_live(page)
+        stub.release()
+        _expect_answered(page, stub, requests=2)
+
+
+def test_run_survives_reload_and_closed_tab(chromium: str, app_url: str, stub: StubOpenAIServer, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    with _browser_page(chromium, "run-reload") as page:
+        main = page.get_by_role("main")
+        _start_held_run(page, app_url, stub, tmp_path, "Reload Co")
+        thread_url = page.url
+        assert _place(thread_url)["thread"], thread_url
+        expect(main.get_by_text(re.compile(r"Working on it… [1-9]"))).to_be_visible()  # the fragment ticks
+        before = _elapsed_s(page)
+
+        # Reload: a new session lands on the same thread (from the URL) with the same run going.
+        page.reload()
+        expect(main.get_by_role("heading", name=QUESTION_1)).to_be_visible(timeout=30_000)
+        assert _place(page.url) == _place(thread_url)
+        _expect_live(page)
+        assert _elapsed_s(page) >= before  # the same run's clock, not a new run
+        page.wait_for_timeout(300)  # let the code block paint before the screenshot
+        page.screenshot(path=str(ARTIFACTS / "run-in-progress.png"), full_page=True)
+
+        # Close the tab; a new one at the same URL still finds the run going.
+        context = page.context
+        page.close()
+        time.sleep(1.0)  # no tab open on the app for a moment
+        page = context.new_page()
+        _prepare(page)
+        page.goto(thread_url)
+        expect(page.get_by_role("main").get_by_role("heading", name=QUESTION_1)).to_be_visible(timeout=30_000)
+        _expect_live(page)
+        assert len(stub.requests) == 2 and not stub.disconnected
+
+        stub.release()
+        _expect_answered(page, stub, requests=2)
+
+
+def test_stop_then_retry(chromium: str, app_url: str, stub: StubOpenAIServer, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    with _browser_page(chromium, "run-stop") as page:
+        main = page.get_by_role("main")
+        _start_held_run(page, app_url, stub, tmp_path, "Stop Co")
+
+        main.get_by_role("button", name="Stop").click()
+        expect(main.get_by_text("Stopped by the analyst")).to_be_visible()
+        expect(main.get_by_text(WORKING)).to_have_count(0)
+        expect(main.get_by_role("button", name="Stop")).to_have_count(0)
+        # What the run did before it was stopped is kept (its run_sql call and result).
+        expect(main.get_by_test_id("stExpander").filter(has_text="What the agent did before it ended")).to_be_visible()
+        expect(main.get_by_text(ANSWER_1)).to_have_count(0)
+        retry = main.get_by_role("button", name="Retry")
+        expect(retry).to_be_visible()
+        # Stop cancelled the model call in flight: the app hung up on the held request.
+        _wait_for(lambda: len(stub.disconnected) == 1)
+        assert len(stub.requests) == 2
+        page.screenshot(path=str(ARTIFACTS / "run-stopped.png"), full_page=True)
+
+        # Retry with a fast model: the answer replaces the stopped turn.
+        stub.delay_s = 0.0
+        retry.click()
+        expect(main.get_by_text(ANSWER_1)).to_be_visible()
+        expect(main.get_by_text("Stopped by the analyst")).to_have_count(0)
+        expect(main.get_by_role("button", name="Retry")).to_have_count(0)
+        expect(main.get_by_test_id("stChatMessage").filter(has_text=QUESTION_1)).to_have_count(1)  # asked once, not twice
+        stub.disconnected.clear()
+        _expect_answered(page, stub, requests=4)

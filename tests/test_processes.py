@@ -144,6 +144,9 @@ def test_a_process_killed_mid_turn_leaves_an_interrupted_turn_and_a_healthy_stor
 
 def test_two_worker_processes_share_the_queue_and_each_run_is_claimed_once(session):
     ws = ws_svc.create_workspace(session=session, name="W")
+    # The workspace's DuckDB file exists before the workers read it: two processes creating it at
+    # once collide on DuckDB's file lock (cross-process DuckDB locking is issue 6's).
+    datasets_svc.upload_file(session=session, workspace_id=ws.id, filename="one.csv", data=b"n\n1\n")
     workers = [spawn("worker", "--delay", "0.3", name=name) for name in ("W1", "W2")]
     banners = [w.stdout.readline() for w in workers]
     assert all("cfo-desk worker" in b for b in banners), banners

@@ -6,9 +6,13 @@ No network beyond 127.0.0.1: the agent is built from the same ``openai-chat:stub
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 import subprocess
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -215,9 +219,92 @@ def test_http_surface(stub: StubOpenAIServer) -> None:
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop" and "usage" not in chunks[-1]
 
 
+def _post_completion(base_url: str, messages: list[dict[str, Any]], timeout: float = 10) -> dict[str, Any]:
+    req = urllib.request.Request(
+        base_url + "/chat/completions",
+        data=json.dumps({"model": "stub-model", "messages": messages}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.load(resp)
+
+
+def _wait_until(condition: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def test_delay_is_per_request_changeable_and_releasable() -> None:
+    user = [{"role": "user", "content": "q"}]
+    with StubOpenAIServer(delay_s=0.3) as server:
+        t0 = time.monotonic()
+        body = _post_completion(server.base_url, user)
+        assert time.monotonic() - t0 >= 0.3
+        assert body["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "list_tables"
+
+        # A function of the request: hold only requests whose last message is a tool result.
+        server.delay_s = lambda request: 60.0 if request["messages"][-1]["role"] == "tool" else 0.0
+        t0 = time.monotonic()
+        _post_completion(server.base_url, user)
+        assert time.monotonic() - t0 < 0.3
+
+        replies: list[dict[str, Any]] = []
+        tool_turn = user + [
+            {"role": "assistant", "tool_calls": [{"id": "a", "type": "function", "function": {"name": "list_tables"}}]},
+            {"role": "tool", "tool_call_id": "a", "content": "[]"},
+        ]
+        waiter = threading.Thread(target=lambda: replies.append(_post_completion(server.base_url, tool_turn)))
+        waiter.start()
+        _wait_until(lambda: len(server.requests) == 3)
+        time.sleep(0.2)
+        assert replies == []  # still held
+        t0 = time.monotonic()
+        server.release()
+        waiter.join(5)
+        assert replies and time.monotonic() - t0 < 1.0
+        assert replies[0]["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "run_sql"
+        assert server.disconnected == []
+
+
+def test_client_hanging_up_during_a_delay_is_recorded() -> None:
+    body = json.dumps({"model": "stub-model", "messages": [{"role": "user", "content": "q"}]}).encode()
+    with StubOpenAIServer(delay_s=60) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            _wait_until(lambda: len(server.requests) == 1)
+        _wait_until(lambda: len(server.disconnected) == 1)
+        assert server.disconnected[0]["messages"][0]["content"] == "q"
+
+
+def test_cancelled_agent_run_hangs_up_on_a_delayed_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the app's Stop relies on: cancelling the agent's task closes its HTTP request."""
+    monkeypatch.setattr(pydantic_ai.models, "ALLOW_MODEL_REQUESTS", True)
+    with StubOpenAIServer(delay_s=60) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+
+        async def run_then_cancel() -> None:
+            task = asyncio.create_task(make_agent([]).run("What was MRR?"))
+            while not server.requests:
+                await asyncio.sleep(0.02)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+        asyncio.run(run_then_cancel())
+        _wait_until(lambda: len(server.disconnected) == 1)
+        assert len(server.requests) == 1
+
+
 def test_subprocess_entry_point() -> None:
     proc = subprocess.Popen(
-        [sys.executable, str(STUB_PATH), "--port", "0", "--script", "cfo"],
+        [sys.executable, str(STUB_PATH), "--port", "0", "--script", "cfo", "--delay", "0.3"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -228,6 +315,9 @@ def test_subprocess_entry_point() -> None:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5) as resp:
             body = json.load(resp)
         assert body["data"][0]["id"] == "stub-model"
+        t0 = time.monotonic()  # --delay holds chat completions (not GETs)
+        reply = _post_completion(f"http://127.0.0.1:{port}/v1", [{"role": "user", "content": "q"}])
+        assert time.monotonic() - t0 >= 0.3 and reply["object"] == "chat.completion"
     finally:
         proc.terminate()
         try:

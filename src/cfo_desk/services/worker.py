@@ -203,6 +203,10 @@ class RunWorker:
         while not self._stopping:
             try:
                 await self._tick()
+            except RuntimeError as exc:
+                if "after shutdown" in str(exc):  # the interpreter is exiting: its thread pools are gone
+                    break
+                log.exception("run worker tick failed")
             except Exception:  # a store hiccup must not end the worker
                 log.exception("run worker tick failed")
             try:
@@ -247,7 +251,23 @@ def start_worker() -> RunWorker:
     with _worker_guard:
         if _worker is None or not _worker.alive:
             _worker = RunWorker().start()
+            _shutdown_at_exit()
         return _worker
+
+
+_exit_hook_registered = False
+
+
+def _shutdown_at_exit() -> None:
+    """On a clean exit (SIGTERM to `streamlit run`), record this process's open runs as interrupted
+    at once instead of after their leases expire. Registered with threading's exit hooks, which run
+    before the interpreter shuts down the thread pools the worker's store calls need (a plain
+    `atexit` hook runs after that)."""
+    global _exit_hook_registered
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None and not _exit_hook_registered:
+        register(lambda: shutdown_worker(timeout=5.0))
+        _exit_hook_registered = True
 
 
 def wake_worker() -> None:

@@ -178,11 +178,12 @@ def _live_run(run: Run, question: str, *, waiting: int) -> None:
             return
         elapsed = (utcnow() - run.started_at).total_seconds() if run.started_at else 0.0
         label = "Stopping…" if run.stop_requested else f"Working on it… {elapsed:,.0f} s"
-        with st.status(label, expanded=True, state="running"):
-            if not run.progress:
-                st.caption("Reading the question and the workspace's tables…")
-            for step in run.progress:
-                _progress_step(step)
+        # Not used as a context manager: leaving the `with` block marks a status complete.
+        box = st.status(label, expanded=True, state="running")
+        if not run.progress:
+            box.caption("Reading the question and the workspace's tables…")
+        for step in run.progress:
+            _progress_step(step, box)
         if not run.stop_requested:
             st.button("Stop", key=f"stop_{run.id}", icon=":material/stop_circle:", on_click=_stop, args=(run.id,))
 
@@ -200,23 +201,24 @@ def _withdraw(run_id: int, prompt: str | None) -> None:
         st.session_state[COMPOSER] = prompt
 
 
-def _progress_step(p: dict) -> None:
-    """One tool step of a run (from `Run.progress`): the call with its purpose and SQL, or its result."""
+def _progress_step(p: dict, box=st) -> None:
+    """One tool step of a run (from `Run.progress`) drawn into `box`: the call with its purpose and
+    SQL, or its result."""
     at = f"{p.get('at_s') or 0:,.1f} s · "
     tool = p.get("tool") or ""
     if p.get("kind") == "tool_call":
         if tool == "run_sql":
-            st.markdown(f"{at}**Running SQL:** {safe_markdown(p.get('purpose') or '')}")
+            box.markdown(f"{at}**Running SQL:** {safe_markdown(p.get('purpose') or '')}")
             if p.get("sql"):
-                st.code(p["sql"], language="sql", wrap_lines=True)
+                box.code(p["sql"], language="sql", wrap_lines=True)
         elif tool.startswith("final_result"):
-            st.markdown(f"{at}Writing the answer…")
+            box.markdown(f"{at}Writing the answer…")
         else:
-            st.markdown(f"{at}Calling `{tool}`…")
+            box.markdown(f"{at}Calling `{tool}`…")
     elif p.get("error"):
-        st.markdown(f"{at}:orange[`{tool}` failed; the agent will try again:] {safe_markdown(p['error'][:300])}")
+        box.markdown(f"{at}:orange[`{tool}` failed; the agent will try again:] {safe_markdown(p['error'][:300])}")
     elif p.get("row_count") is not None:
-        st.markdown(f"{at}→ {p['row_count']:,} row(s)")
+        box.markdown(f"{at}→ {p['row_count']:,} row(s)")
 
 
 def _thread_menu(thread) -> None:

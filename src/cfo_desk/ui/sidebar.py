@@ -54,7 +54,9 @@ def _workspace_picker(all_ws, ws_id: int | None) -> None:
             state.flash(f"Loaded “{ws.name}”: customers, subscriptions, orders and marketing spend. Try a sample question.")
             st.rerun()
 
-    with st.popover("New workspace", icon=":material/add:", width="stretch"):
+    # Keyed: an unkeyed popover's open state follows its position, so after the first workspace is
+    # created (the sample button above it goes away) "Manage workspace" opened by itself.
+    with st.popover("New workspace", icon=":material/add:", width="stretch", key="new_ws_popover"):
         with st.form("create_workspace", clear_on_submit=True, border=False):
             name = st.text_input("Name", placeholder="e.g. FY2024 close", key="new_ws_name")
             if st.form_submit_button("Create", type="primary", key="create_ws"):
@@ -72,7 +74,7 @@ def _workspace_picker(all_ws, ws_id: int | None) -> None:
 
     if ws_id is None:
         return
-    with st.popover("Manage workspace", icon=":material/settings:", width="stretch"):
+    with st.popover("Manage workspace", icon=":material/settings:", width="stretch", key="manage_ws_popover"):
         with st.form("rename_workspace", border=False):
             current_name = {w.id: w.name for w in all_ws}[ws_id]
             new_name = st.text_input("Rename to", value=current_name, key=f"rename_ws_{ws_id}_{abs(hash(current_name))}")
