@@ -3,14 +3,14 @@
 
 4. Overhead per turn, zero-latency scripted model (one run_sql SELECT 1, then the answer), each
    turn in a fresh thread, the three ways interleaved:
-   (a) in the script: add the question, plan_turn + run_agent (run_sync) + record_reply + commit,
+   (a) in the script: add the question, plan_turn + run_agent (blocking) + record_reply + commit,
        no run row or lease (the pre-background way);
    (b) `turns.ask`: enqueue + claim (lease) + execute inline on the calling thread;
    (c) enqueue + `wake_worker()` + the process's background worker, timed from the enqueue to the
        run's committed end as the page sees it (polling the store every POLL_S).
    Also (c) without wake_worker (as when another process enqueued): bounded by CFO_DESK_RUN_POLL_S.
 5. Concurrency: 10 threads of one workspace ask at once (10 Python threads enqueue together), the
-   model thinks 1 s per request (2 requests per turn), at CFO_DESK_RUNS_PER_PROCESS=4 and =10; wall
+   model thinks 1 s per request (2 requests per turn), at CFO_DESK_RUNS_PER_PROCESS=4, 8 (the default) and 10; wall
    time to all answered vs the ideal 2 s, the most runs seen running at once, and peak RSS. Each
    setting runs in a fresh subprocess so its peak RSS is its own.
 6. Thread depth: the background path's per-turn time with 1 vs 50 prior turns in the thread (each
@@ -276,7 +276,7 @@ def burst(per_process: int) -> dict:
 def bench_concurrency() -> None:
     ideal = 2 * BURST_DELAY_S
     print(f"runs concurrency: {BURST_THREADS} threads ask at once, model {BURST_DELAY_S:g} s per request x 2 requests (ideal {ideal:.1f} s):")
-    for n in (4, BURST_THREADS):
+    for n in (4, 8, BURST_THREADS):  # 8 is the default
         out = subprocess.run(
             [sys.executable, __file__, "--burst", str(n)], check=True, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1]
         ).stdout

@@ -8,6 +8,7 @@ run's row as it goes). Failures never raise: they come back as a readable senten
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
@@ -148,24 +149,14 @@ def run_agent(
     on_progress: Callable[[Progress], None] | None = None,
 ) -> TurnOutcome:
     """Run the CFO agent for one turn on the calling thread (no event loop may be running there)
-    and return its outcome; never raises for run failures.
+    and return its outcome; never raises for run failures. The blocking form of
+    `run_agent_async` (its own event loop per call).
 
     `history` is the path's stored pydantic-ai messages; `model` a pydantic-ai Model or model string.
     """
-    progress: list[Progress] = []
-    started = time.perf_counter()
-    try:
-        result = get_agent().run_sync(
-            prompt,
-            deps=deps,
-            message_history=list(history) or None,
-            model=model,
-            usage_limits=usage_limits,
-            event_stream_handler=_event_handler(progress, on_progress),
-        )
-    except Exception as exc:  # every failure becomes a readable message on the turn
-        return _failed(exc, deps, started, progress)
-    return _finished(result, deps, model, started, progress)
+    return asyncio.run(
+        run_agent_async(prompt=prompt, deps=deps, history=history, model=model, usage_limits=usage_limits, on_progress=on_progress)
+    )
 
 
 async def run_agent_async(
@@ -177,8 +168,12 @@ async def run_agent_async(
     usage_limits: UsageLimits,
     on_progress: Callable[[Progress], Awaitable[None] | None] | None = None,
 ) -> TurnOutcome:
-    """`run_agent` for an event loop (the background worker). Cancelling the awaiting task stops
-    the run (asyncio.CancelledError propagates; the caller records the turn as stopped)."""
+    """Run the CFO agent for one turn and return its outcome; never raises for run failures
+    (they come back as `TurnOutcome.error`). Cancelling the awaiting task stops the run
+    (asyncio.CancelledError propagates; the worker records the turn as stopped).
+
+    `history` is the path's stored pydantic-ai messages; `model` a pydantic-ai Model or model
+    string; `on_progress` gets each tool step (and is awaited when it returns an awaitable)."""
     progress: list[Progress] = []
     started = time.perf_counter()
     try:
