@@ -6,8 +6,10 @@ standing in for a real model's latency.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from datetime import timedelta
 
 import pytest
 from agent_script import sql_script, then_wait
@@ -20,7 +22,7 @@ from cfo_desk.services import workspaces as ws_svc
 from cfo_desk.services.errors import Conflict, InvalidInput
 from cfo_desk.storage.db import session_scope
 from cfo_desk.storage.files import workspace_dir
-from cfo_desk.storage.models import Message, MessageStatus, Run, RunStatus, Thread, ThreadLease
+from cfo_desk.storage.models import Message, MessageStatus, Run, RunStatus, Thread, ThreadLease, utcnow
 from test_threads import prompts_seen
 
 
@@ -199,14 +201,14 @@ def test_a_second_run_waits_while_the_thread_is_leased(session):
 def test_an_expired_lease_is_recovered_as_interrupted_and_the_thread_goes_on(session):
     ws = ws_svc.create_workspace(session=session, name="W")
     run = runs.enqueue_question(session=session, workspace_id=ws.id, thread_id=None, content="Dies mid-run")
-    assert runs.claim_runs(session=session, owner="dead-process", limit=1, lease_s=0.2) == [run.id]
+    assert runs.claim_runs(session=session, owner="dead-process", limit=1, lease_s=30) == [run.id]
     started = runs.begin_run(session=session, run_id=run.id, owner="dead-process")
     started.plan.deps.run_dir.mkdir(parents=True)
     (started.plan.deps.run_dir / "q1.parquet").write_bytes(b"half a result")  # what a killed run leaves
     assert runs.recover_expired(session=session) == []  # not expired yet
-    time.sleep(0.3)
-    assert runs.recover_expired(session=session) == [run.id]
-    assert runs.recover_expired(session=session) == []  # one sweeper wins
+    later = utcnow() + timedelta(seconds=31)
+    assert runs.recover_expired(session=session, now=later) == [run.id]
+    assert runs.recover_expired(session=session, now=later) == []  # one sweeper wins
     gone = runs.get_run(session=session, run_id=run.id)
     assert gone.status == RunStatus.interrupted and count(session, ThreadLease) == 0
     conv = threads_svc.conversation(session=session, thread_id=run.thread_id)
@@ -226,7 +228,8 @@ def test_an_expired_lease_is_recovered_as_interrupted_and_the_thread_goes_on(ses
     assert turns.ask(session=session, thread_id=run.thread_id, content="Next", model=sql_script([])).status == MessageStatus.ok
 
 
-def test_deleting_a_thread_while_its_run_goes_commits_nothing(session, fast_worker):
+def test_deleting_a_thread_while_its_run_goes_commits_nothing(session, fast_worker, caplog):
+    caplog.set_level(logging.WARNING, logger="cfo_desk")
     ws = ws_svc.create_workspace(session=session, name="W")
     use_model(then_wait("SELECT 1 AS one", wait_s=1.0))
     run = runs.enqueue_question(session=session, workspace_id=ws.id, thread_id=None, content="Q")
@@ -235,3 +238,52 @@ def test_deleting_a_thread_while_its_run_goes_commits_nothing(session, fast_work
     wait_for(lambda: not fast_worker.tasks, what="the worker to let go")
     assert (count(session, Message), count(session, Run), count(session, ThreadLease)) == (0, 0, 0)
     assert list(workspace_dir(ws.key).rglob("*.parquet")) == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # let go cleanly, not by an error
+
+
+def test_a_run_that_died_before_its_question_was_added_keeps_the_question(session):
+    ws = ws_svc.create_workspace(session=session, name="W")
+    run = runs.enqueue_question(session=session, workspace_id=ws.id, thread_id=None, content="Claimed, then killed")
+    assert runs.claim_runs(session=session, owner="dead-process", limit=1, lease_s=30) == [run.id]  # no begin_run
+    assert runs.recover_expired(session=session, now=utcnow() + timedelta(seconds=31)) == [run.id]
+    conv = threads_svc.conversation(session=session, thread_id=run.thread_id)
+    assert [(m.role, m.status, m.content) for m in conv] == [
+        ("user", "ok", "Claimed, then killed"),
+        ("assistant", "interrupted", turns.INTERRUPTED),
+    ]
+
+
+def test_shutting_down_the_worker_records_its_runs_as_interrupted_at_once(session, fast_worker):
+    ws = ws_svc.create_workspace(session=session, name="W")
+    use_model(then_wait("SELECT 1 AS one", wait_s=60))
+    run = runs.enqueue_question(session=session, workspace_id=ws.id, thread_id=None, content="Q")
+    wait_for(lambda: runs.get_run(session=session, run_id=run.id).progress, what="the run to start")
+    worker.shutdown_worker()
+    done = runs.get_run(session=session, run_id=run.id)
+    assert done.status == RunStatus.interrupted and count(session, ThreadLease) == 0  # no lease left to expire
+    assert threads_svc.conversation(session=session, thread_id=run.thread_id)[-1].status == MessageStatus.interrupted
+
+
+def test_a_failing_heartbeat_does_not_fail_the_run(session, fast_worker, monkeypatch):
+    ws = ws_svc.create_workspace(session=session, name="W")
+    real, calls = runs.heartbeat, []
+
+    def flaky(**kwargs):
+        calls.append(1)
+        if len(calls) <= 3:
+            raise RuntimeError("database is locked")
+        return real(**kwargs)
+
+    monkeypatch.setattr(runs, "heartbeat", flaky)
+    use_model(sql_script(["SELECT 1 AS one"], {"answer_markdown": "Made it."}, delay_s=0.3))
+    run = runs.enqueue_question(session=session, workspace_id=ws.id, thread_id=None, content="Q")
+    assert wait_closed(run.id).status == RunStatus.done and len(calls) > 3
+    assert threads_svc.conversation(session=session, thread_id=run.thread_id)[-1].content == "Made it."
+
+
+def test_an_answered_question_is_not_answered_again(session):
+    ws = ws_svc.create_workspace(session=session, name="W")
+    t = threads_svc.create_thread(session=session, workspace_id=ws.id)
+    reply = turns.ask(session=session, thread_id=t.id, content="Q", model=sql_script([]))
+    with pytest.raises(Conflict, match="already has an answer"):
+        runs.enqueue_answer(session=session, thread_id=t.id, user_message_id=reply.parent_id)

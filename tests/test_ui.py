@@ -304,7 +304,7 @@ def test_clarifying_question_options_answer_in_one_click():
 def test_a_run_survives_leaving_the_page_and_shows_live_progress():
     from agent_script import then_wait
 
-    use_model(then_wait("SELECT 7 AS seven", wait_s=1.5, answer="Seven it is."))
+    use_model(then_wait("SELECT 7 AS seven", wait_s=3, answer="Seven it is."))
     at = app()
     create_workspace(at, "W")
     at.chat_input[0].set_value("Slow question?").run()
@@ -371,6 +371,8 @@ def test_an_overlong_question_is_refused_and_kept_in_the_composer():
     assert not at.exception, at.exception
     assert any("questions are at most 20,000" in e.value for e in at.error)
     assert not [b for b in at.sidebar.button if b.key and b.key.startswith("thread_")]  # no empty thread left behind
+    composer = at.chat_input[0].proto
+    assert composer.set_value and composer.value == long_question  # the text is put back, nothing typed is lost
     assert not at.chat_input[0].disabled
     at.chat_input[0].set_value("Short now?").run()
     settle(at)

@@ -23,7 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from dotenv import load_dotenv
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -45,6 +45,17 @@ class Settings(BaseSettings):
     cfo_desk_run_lease_s: float = Field(default=30.0, ge=1, description="Seconds a thread lease lasts without a heartbeat.")
     cfo_desk_run_poll_s: float = Field(default=0.5, gt=0, le=10, description="Seconds between looks at the run queue.")
     cfo_desk_queued_per_thread: int = Field(default=5, ge=0, le=50, description="Questions that may wait behind a running one.")
+
+    @model_validator(mode="after")
+    def _lease_outlives_polls(self) -> "Settings":
+        """A worker renews a lease at most once per poll: a lease shorter than three polls would
+        expire under live runs (every one of them swept as interrupted)."""
+        if self.cfo_desk_run_lease_s < 3 * self.cfo_desk_run_poll_s:
+            raise ValueError(
+                f"CFO_DESK_RUN_LEASE_S ({self.cfo_desk_run_lease_s:g} s) must be at least 3 x CFO_DESK_RUN_POLL_S "
+                f"({self.cfo_desk_run_poll_s:g} s)."
+            )
+        return self
 
     @property
     def home(self) -> Path:

@@ -12,7 +12,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic_ai import RunContext
@@ -63,7 +63,6 @@ class TurnOutcome:
     model_name: str | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
-    progress: list[Progress] = field(default_factory=list)
 
 
 def readable_error(exc: BaseException) -> str:
@@ -104,14 +103,13 @@ def _tool_progress(event: AgentStreamEvent) -> Progress | None:
     return None
 
 
-def _event_handler(progress: list[Progress], notify: Callable[[Progress], Awaitable[None] | None] | None):
-    """A pydantic-ai event stream handler that records each tool step and passes it on."""
+def _event_handler(notify: Callable[[Progress], Awaitable[None] | None] | None):
+    """A pydantic-ai event stream handler that passes each tool step on to `notify`."""
 
     async def handle_events(_ctx: RunContext[AgentDeps], events: AsyncIterable[AgentStreamEvent]) -> None:
         async for event in events:
             step = _tool_progress(event)
             if step is not None:
-                progress.append(step)
                 if notify is not None:
                     maybe = notify(step)
                     if inspect.isawaitable(maybe):
@@ -120,7 +118,7 @@ def _event_handler(progress: list[Progress], notify: Callable[[Progress], Awaita
     return handle_events
 
 
-def _finished(result: Any, deps: AgentDeps, model: Model | str, started: float, progress: list[Progress]) -> TurnOutcome:
+def _finished(result: Any, deps: AgentDeps, model: Model | str, started: float) -> TurnOutcome:
     usage = result.usage() if callable(result.usage) else result.usage  # a property in pydantic-ai 2.x
     return TurnOutcome(
         output=result.output,
@@ -131,12 +129,11 @@ def _finished(result: Any, deps: AgentDeps, model: Model | str, started: float, 
         model_name=model if isinstance(model, str) else getattr(model, "model_name", None),
         input_tokens=getattr(usage, "input_tokens", None),
         output_tokens=getattr(usage, "output_tokens", None),
-        progress=progress,
     )
 
 
-def _failed(exc: Exception, deps: AgentDeps, started: float, progress: list[Progress]) -> TurnOutcome:
-    return TurnOutcome(None, None, list(deps.results), readable_error(exc), time.perf_counter() - started, progress=progress)
+def _failed(exc: Exception, deps: AgentDeps, started: float) -> TurnOutcome:
+    return TurnOutcome(None, None, list(deps.results), readable_error(exc), time.perf_counter() - started)
 
 
 def run_agent(
@@ -174,7 +171,6 @@ async def run_agent_async(
 
     `history` is the path's stored pydantic-ai messages; `model` a pydantic-ai Model or model
     string; `on_progress` gets each tool step (and is awaited when it returns an awaitable)."""
-    progress: list[Progress] = []
     started = time.perf_counter()
     try:
         result = await get_agent().run(
@@ -183,8 +179,8 @@ async def run_agent_async(
             message_history=list(history) or None,
             model=model,
             usage_limits=usage_limits,
-            event_stream_handler=_event_handler(progress, on_progress),
+            event_stream_handler=_event_handler(on_progress),
         )
     except Exception as exc:
-        return _failed(exc, deps, started, progress)
-    return _finished(result, deps, model, started, progress)
+        return _failed(exc, deps, started)
+    return _finished(result, deps, model, started)

@@ -37,7 +37,7 @@ from cfo_desk.services import turns
 from cfo_desk.services.errors import Conflict, NotFound
 from cfo_desk.services.threads import DEFAULT_TITLE, create_thread_row, get_thread, path_ids
 from cfo_desk.storage.files import remove_tree, workspace_dir
-from cfo_desk.storage.models import Message, MessageStatus, Role, Run, RunStatus, ThreadLease, Workspace, utcnow
+from cfo_desk.storage.models import Message, MessageStatus, Role, Run, RunStatus, Thread, ThreadLease, Workspace, utcnow
 
 __all__ = [
     "Run",
@@ -120,6 +120,9 @@ def enqueue_answer(*, session: Session, thread_id: int, user_message_id: int) ->
         raise NotFound("That question is not part of this thread (any more).")
     if open_runs(session=session, thread_id=thread_id):
         raise Conflict("A run is already going in this thread; wait for it or stop it first.")
+    head = session.get(Message, thread.head_message_id)
+    if head.parent_id == user_message_id and MessageStatus(head.status).answered:
+        raise Conflict("This question already has an answer (shown at the end of the thread).")
     run = Run(workspace_id=thread.workspace_id, thread_id=thread_id, user_message_id=user_message_id)
     session.add(run)
     session.commit()
@@ -227,21 +230,22 @@ def begin_run(*, session: Session, run_id: int, owner: str) -> Started:
     then plan the turn. When the question is no longer on the thread (e.g. a branch was deleted),
     the run is finished as failed and `plan` is None."""
     run = get_run(session=session, run_id=run_id)
+    thread_id = run.thread_id
     try:
         if run.user_message_id is None:
-            thread = get_thread(session=session, thread_id=run.thread_id)
+            thread = get_thread(session=session, thread_id=thread_id)
             msg = turns.append_user_message(session=session, thread=thread, content=run.prompt or "")
             run.user_message_id = msg.id
             session.add(run)
             session.commit()
-        plan = turns.plan_turn(session=session, thread_id=run.thread_id, user_message_id=run.user_message_id)
+        plan = turns.plan_turn(session=session, thread_id=thread_id, user_message_id=run.user_message_id)
     except NotFound as exc:
         session.rollback()
-        _close(session, run_id, owner, RunStatus.failed, str(exc))
-        return Started(run_id, run.thread_id, None)
+        _close(session, run_id, thread_id, owner, RunStatus.failed, str(exc))
+        return Started(run_id, thread_id, None)
     session.execute(update(Run).where(Run.id == run_id).values(run_dir=plan.run_rel))
     session.commit()
-    return Started(run_id, run.thread_id, plan)
+    return Started(run_id, thread_id, plan)
 
 
 def save_progress(*, session: Session, run_id: int, owner: str, progress: list[dict]) -> None:
@@ -282,19 +286,18 @@ def finish_run(
     progress: list[dict],
     status: MessageStatus | None = None,
 ) -> Message | None:
-    """Commit a run's end in one transaction: the reply (answer, failure, or `status` stopped /
-    interrupted), its artifacts, the head move, the run's final status and progress, and the
-    lease's release. Does nothing and returns None (removing the run's files) when `owner` no
-    longer owns the running run (its lease was swept, or its thread deleted)."""
+    """Commit a run's end in one transaction: the lease's release, the reply (answer, failure, or
+    `status` stopped / interrupted), its artifacts, the head move, and the run's final status and
+    progress. Does nothing and returns None (removing the run's files) when `owner` no longer
+    holds the thread's lease for this run (it was swept as expired, or the thread deleted).
+
+    Lock order, as in `claim_runs` and `recover_expired`: the lease row first, then the run row
+    (PostgreSQL would otherwise deadlock a finisher against a sweeper)."""
     plan = started.plan
-    reply_status = status or (MessageStatus.failed if outcome.error or outcome.output is None else turns._content_of(outcome.output)[1])
-    now = utcnow()
-    claimed = session.execute(
-        update(Run)
-        .where(Run.id == started.run_id, Run.owner == owner, Run.status == RunStatus.running)
-        .values(status=_FINAL_RUN_STATUS[MessageStatus(reply_status)], finished_at=now, error=outcome.error, progress=progress)
+    released = session.execute(
+        delete(ThreadLease).where(ThreadLease.thread_id == plan.thread_id, ThreadLease.run_id == started.run_id, ThreadLease.owner == owner)
     )
-    if claimed.rowcount != 1:
+    if released.rowcount != 1:
         session.rollback()
         remove_tree(plan.deps.run_dir)
         return None
@@ -308,8 +311,17 @@ def finish_run(
             datasets=plan.datasets,
             status=status,
         )
-        session.execute(update(Run).where(Run.id == started.run_id).values(reply_message_id=reply.id))
-        session.execute(delete(ThreadLease).where(ThreadLease.thread_id == plan.thread_id, ThreadLease.run_id == started.run_id))
+        session.execute(
+            update(Run)
+            .where(Run.id == started.run_id, Run.owner == owner)
+            .values(
+                status=_FINAL_RUN_STATUS[MessageStatus(reply.status)],
+                finished_at=utcnow(),
+                error=outcome.error,
+                progress=progress,
+                reply_message_id=reply.id,
+            )
+        )
         session.commit()
     except BaseException:
         session.rollback()
@@ -319,14 +331,10 @@ def finish_run(
     return reply
 
 
-def _close(session: Session, run_id: int, owner: str, status: RunStatus, error: str) -> None:
-    """End a run that produced no reply (it could not start) and release its lease."""
-    run = session.get(Run, run_id)
-    session.execute(
-        update(Run).where(Run.id == run_id, Run.owner == owner).values(status=status, finished_at=utcnow(), error=error)
-    )
-    if run is not None:
-        session.execute(delete(ThreadLease).where(ThreadLease.thread_id == run.thread_id, ThreadLease.run_id == run_id))
+def _close(session: Session, run_id: int, thread_id: int, owner: str, status: RunStatus, error: str) -> None:
+    """End a run that produced no reply (it could not start) and release its lease (lease first)."""
+    session.execute(delete(ThreadLease).where(ThreadLease.thread_id == thread_id, ThreadLease.run_id == run_id, ThreadLease.owner == owner))
+    session.execute(update(Run).where(Run.id == run_id, Run.owner == owner).values(status=status, finished_at=utcnow(), error=error))
     session.commit()
 
 
@@ -336,7 +344,9 @@ def recover_expired(*, session: Session, now: datetime | None = None) -> list[in
     Per expired lease, one transaction: delete the lease (compare-and-set on its expiry, so one
     sweeper wins), set the run interrupted, add an "interrupted" reply under its question (Retry
     is then offered) and move the head to it if the head is still that question. The run's
-    result files are removed after the commit. Returns the ids of the runs recovered."""
+    result files are removed after the commit. A run that died between its claim and its start
+    (its question not yet a message) gets its question added first, so it is never lost. Lock
+    order: lease, then run (as `finish_run`). Returns the ids of the runs recovered."""
     now = now or utcnow()
     expired = session.exec(select(ThreadLease.thread_id, ThreadLease.run_id).where(ThreadLease.expires_at < now)).all()
     session.rollback()
@@ -351,20 +361,33 @@ def recover_expired(*, session: Session, now: datetime | None = None) -> list[in
         run = session.get(Run, run_id, populate_existing=True)
         run_dir = None
         if run is not None and run.status == RunStatus.running:
-            run.status, run.finished_at, run.error = RunStatus.interrupted, now, turns.INTERRUPTED
-            if run.user_message_id is not None and session.get(Message, run.user_message_id) is not None:
+            reply_id = None
+            question_id = run.user_message_id
+            if question_id is None and run.prompt:  # claimed, but died before its question was added
+                thread = session.get(Thread, thread_id, populate_existing=True)
+                question_id = turns.append_user_message(session=session, thread=thread, content=run.prompt).id
+            if question_id is not None and session.get(Message, question_id) is not None:
                 elapsed = (now - run.started_at).total_seconds() if run.started_at else 0.0
-                reply = turns.record_reply(
+                reply_id = turns.record_reply(
                     session=session,
                     thread_id=thread_id,
-                    user_message_id=run.user_message_id,
+                    user_message_id=question_id,
                     outcome=TurnOutcome(None, None, [], turns.INTERRUPTED, elapsed),
                     run_rel=None,
                     datasets={},
                     status=MessageStatus.interrupted,
+                ).id
+            session.execute(
+                update(Run)
+                .where(Run.id == run_id, Run.status == RunStatus.running)
+                .values(
+                    status=RunStatus.interrupted,
+                    finished_at=now,
+                    error=turns.INTERRUPTED,
+                    user_message_id=question_id,
+                    reply_message_id=reply_id,
                 )
-                run.reply_message_id = reply.id
-            session.add(run)
+            )
             if run.run_dir:
                 ws = session.get(Workspace, run.workspace_id)
                 run_dir = workspace_dir(ws.key) / run.run_dir if ws else None
@@ -375,9 +398,17 @@ def recover_expired(*, session: Session, now: datetime | None = None) -> list[in
     return recovered
 
 
-def stopped_outcome(seconds: float, results: list) -> TurnOutcome:
+def stopped_outcome(seconds: float) -> TurnOutcome:
     """The outcome recorded for a run the analyst stopped after `seconds`."""
-    return TurnOutcome(None, None, results, STOPPED.format(seconds=seconds), seconds)
+    return TurnOutcome(None, None, [], STOPPED.format(seconds=seconds), seconds)
+
+
+def abandon_leases(*, session: Session, owner: str) -> int:
+    """Expire every lease `owner` holds (a worker that is shutting down), so the next sweep
+    recovers its runs at once instead of after `CFO_DESK_RUN_LEASE_S`. Returns how many."""
+    expired = session.execute(update(ThreadLease).where(ThreadLease.owner == owner).values(expires_at=utcnow() - timedelta(seconds=1)))
+    session.commit()
+    return expired.rowcount
 
 
 def thread_ids_with_open_runs(*, session: Session, thread_ids: list[int]) -> set[int]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -40,6 +41,7 @@ from cfo_desk.storage.models import Message, MessageStatus, RunStatus
 
 log = logging.getLogger(__name__)
 
+_TOOL_NAME = re.compile(r"[^\w.-]")
 MAX_STEP_SQL_CHARS = 5_000  # progress rows keep this much of each query's text (the artifact keeps all)
 MAX_STEP_TEXT_CHARS = 500
 
@@ -60,7 +62,7 @@ def _step(p: Progress, at_s: float) -> dict[str, Any]:
 
     return {
         "kind": p.kind,
-        "tool": p.tool,
+        "tool": _TOOL_NAME.sub("", p.tool or "")[:64],  # the model names the tool: keep it plain text
         "purpose": cut(p.purpose, MAX_STEP_TEXT_CHARS),
         "sql": cut(p.sql, MAX_STEP_SQL_CHARS),
         "row_count": p.row_count,
@@ -83,7 +85,10 @@ async def execute_run(
     Cancelling this coroutine (worker shutdown) records the turn as interrupted."""
     settings = get_settings()
     poll_s, lease_s = settings.cfo_desk_run_poll_s, settings.cfo_desk_run_lease_s
-    started = await asyncio.to_thread(_in_session, url, runs.begin_run, run_id=run_id, owner=owner)
+    try:
+        started = await asyncio.to_thread(_in_session, url, runs.begin_run, run_id=run_id, owner=owner)
+    except asyncio.CancelledError:  # shutdown before the run began: the exit sweep recovers it
+        return None
     plan = started.plan
     if plan is None:
         return None
@@ -94,7 +99,10 @@ async def execute_run(
         progress.append(_step(step, time.monotonic() - t0))
         if on_progress is not None:
             on_progress(step)
-        await asyncio.to_thread(_in_session, url, runs.save_progress, run_id=run_id, owner=owner, progress=list(progress))
+        try:  # progress is for watching; a failed save must not fail the turn
+            await asyncio.to_thread(_in_session, url, runs.save_progress, run_id=run_id, owner=owner, progress=list(progress))
+        except Exception:
+            log.warning("run %s: progress not saved", run_id, exc_info=True)
 
     agent_task = asyncio.create_task(
         run_agent_async(
@@ -106,7 +114,18 @@ async def execute_run(
             on_progress=record,
         )
     )
+
+    async def halt(why: str) -> str:
+        plan.deps.stop.set()  # interrupts a query in flight, so the cancel lands at once
+        agent_task.cancel()
+        try:
+            await agent_task
+        except BaseException:  # noqa: BLE001 - the agent's own cancellation
+            pass
+        return why
+
     reason: str | None = None
+    outcome: TurnOutcome | None = None
     last_beat = time.monotonic()
     try:
         while not agent_task.done():
@@ -114,28 +133,24 @@ async def execute_run(
             if agent_task.done():
                 break
             renew = time.monotonic() - last_beat >= lease_s / 3
-            lost, stop = await asyncio.to_thread(
-                _in_session, url, runs.heartbeat, owner=owner, run_ids=[run_id], lease_s=lease_s, renew=renew
-            )
+            try:
+                lost, stop = await asyncio.to_thread(
+                    _in_session, url, runs.heartbeat, owner=owner, run_ids=[run_id], lease_s=lease_s, renew=renew
+                )
+            except Exception:  # the store hiccuped: the lease has slack, try again next poll
+                log.warning("run %s: heartbeat failed", run_id, exc_info=True)
+                continue
             if renew:
                 last_beat = time.monotonic()
             if lost or stop:
-                reason = "lost" if lost else "stopped"
-                plan.deps.stop.set()  # interrupts a query in flight, so the cancel below lands at once
-                agent_task.cancel()
-        outcome: TurnOutcome | None = await agent_task
-    except asyncio.CancelledError:
-        if reason is None:  # this coroutine was cancelled: the worker is shutting down
-            reason = "shutdown"
-            plan.deps.stop.set()
-            agent_task.cancel()
-            try:
-                await agent_task
-            except BaseException:  # noqa: BLE001 - the agent's own cancellation
-                pass
-        outcome = None
-    except Exception as exc:  # a bug or a store error: record it rather than leave the run hanging
+                reason = await halt("lost" if lost else "stopped")
+        if reason is None:
+            outcome = agent_task.result()
+    except asyncio.CancelledError:  # this coroutine was cancelled: the worker is shutting down
+        reason = await halt("shutdown")
+    except Exception as exc:  # a bug: end the agent too, and record the failure rather than hang
         log.exception("run %s failed outside the agent", run_id)
+        await halt("error")
         outcome = TurnOutcome(None, None, [], f"The run failed unexpectedly ({type(exc).__name__}: {str(exc)[:300]}).", time.monotonic() - t0)
     elapsed = time.monotonic() - t0
     status: MessageStatus | None = None
@@ -143,7 +158,7 @@ async def execute_run(
         remove_tree(plan.deps.run_dir)
         return None
     if reason == "stopped":
-        outcome, status = runs.stopped_outcome(elapsed, []), MessageStatus.stopped
+        outcome, status = runs.stopped_outcome(elapsed), MessageStatus.stopped
     elif reason == "shutdown":
         outcome, status = TurnOutcome(None, None, [], turns.INTERRUPTED, elapsed), MessageStatus.interrupted
     return await asyncio.to_thread(
@@ -218,17 +233,28 @@ class RunWorker:
             task.cancel()
         if self.tasks:
             await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        try:  # whatever is still leased to this worker (claimed, not begun) is recovered now
+            url = get_settings().db_url
+            if await asyncio.to_thread(_in_session, url, runs.abandon_leases, owner=self.owner):
+                await asyncio.to_thread(_in_session, url, runs.recover_expired)
+        except Exception:  # the interpreter may be exiting: the leases then expire on their own
+            log.warning("run worker: leases not released at shutdown", exc_info=True)
 
     async def _tick(self) -> None:
         settings = get_settings()
         url = settings.db_url
-        await asyncio.to_thread(_in_session, url, runs.recover_expired)
+        try:
+            await asyncio.to_thread(_in_session, url, runs.recover_expired)
+        except Exception:  # a sweep that fails must not stop this worker from claiming
+            log.exception("run worker: recovery sweep failed")
         room = settings.cfo_desk_runs_per_process - len(self.tasks)
         if room <= 0 or self._stopping:
             return
         claimed = await asyncio.to_thread(
             _in_session, url, runs.claim_runs, owner=self.owner, limit=room, lease_s=settings.cfo_desk_run_lease_s
         )
+        if self._stopping:  # shutting down: the exit sweep records these as interrupted
+            return
         for run_id in claimed:
             task = asyncio.create_task(self._guarded(run_id, url), name=f"run-{run_id}")
             self.tasks[run_id] = task

@@ -93,11 +93,6 @@ class RunStatus(StrEnum):
     stopped = "stopped"
     interrupted = "interrupted"
 
-    @property
-    def is_open(self) -> bool:
-        """True while the run may still produce an answer (queued or running)."""
-        return self in (RunStatus.queued, RunStatus.running)
-
 
 class Workspace(SQLModel, table=True):
     """A named set of datasets and threads; its files live under `<home>/<key>/`."""
@@ -203,7 +198,7 @@ class Run(SQLModel, table=True):
     A run either asks a new question (`prompt` set; the user message is created when the run
     starts, under the thread's head at that moment, so queued questions keep their order) or
     answers an existing question (`user_message_id` set: Retry, or a question forked open).
-    `progress` is appended as the run goes: [{"kind", "tool", "purpose", "sql", "row_count",
+    `progress` is rewritten as the run goes (one step more each time): [{"kind", "tool", "purpose", "sql", "row_count",
     "error", "at_s"}] with `at_s` in seconds since the run started. `owner` names the worker
     (host:pid:token) holding the thread's lease while running; `run_dir` is the run's result folder
     relative to the workspace folder (removed when the run does not end with an answer).

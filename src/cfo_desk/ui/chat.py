@@ -46,12 +46,17 @@ def render() -> None:
             thread = None
         if thread is None and thread_id is not None:
             state.open_thread(None)  # a deleted or foreign thread: start fresh, and say so in the URL
+        # Open runs first: a run that ends between the two reads then shows as its answer (already
+        # in `messages`), never as a question without an answer and without a run.
+        live = runs.open_runs(session=session, thread_id=thread.id) if thread else []
         messages = threads_svc.conversation(session=session, thread_id=thread.id) if thread else []
         arts = artifacts_svc.artifacts_by_message(session=session, message_ids=[m.id for m in messages])
-        live = runs.open_runs(session=session, thread_id=thread.id) if thread else []
         ended = runs.runs_by_reply(session=session, message_ids=[m.id for m in messages if not MessageStatus(m.status).answered])
     frames = {a.id: _frame(a.id, a.file_path, a.handle) for items in arts.values() for a in items}
     live_questions = {r.user_message_id for r in live if r.user_message_id is not None}
+    # From the first question a run is working on, the live view draws the thread (a Retry's
+    # question and not its old failed reply; a started question and its progress).
+    cut = next((i for i, m in enumerate(messages) if m.id in live_questions), len(messages))
 
     if thread is None:
         st.title("New thread")
@@ -69,9 +74,7 @@ def render() -> None:
     if problem:
         st.info(problem, icon=":material/key:")
 
-    for msg in messages:
-        if msg.id in live_questions:
-            continue  # drawn by the live view below, with its run's progress
+    for msg in messages[:cut]:
         _message(msg, thread.id, arts.get(msg.id, []), frames, is_head=(msg.id == thread.head_message_id), can_ask=not problem, run=ended.get(msg.id))
 
     if not messages and not live and not problem:
@@ -157,6 +160,7 @@ def _live_runs(thread_id: int, run_ids: list[int]) -> None:
 
     @st.fragment(run_every=LIVE_REFRESH_S)
     def live() -> None:
+        worker.start_worker()  # a no-op while it runs; restarts a worker that died
         with open_session() as session:
             current = runs.open_runs_with_questions(session=session, thread_id=thread_id)
         if set(run_ids) - {r.id for r, _q in current}:
@@ -169,7 +173,7 @@ def _live_runs(thread_id: int, run_ids: list[int]) -> None:
 
 def _live_run(run: Run, question: str, *, waiting: int) -> None:
     with st.chat_message("user"):
-        st.markdown(question)
+        st.markdown(safe_markdown(question))
     with st.chat_message("assistant"):
         if run.status == RunStatus.queued:
             ahead = "the current question" if waiting <= 1 else f"{waiting} questions"
@@ -190,8 +194,11 @@ def _live_run(run: Run, question: str, *, waiting: int) -> None:
 
 def _stop(run_id: int) -> None:
     """Stop's callback (before the redraw, so the live view already says "Stopping…")."""
-    with open_session() as session:
-        runs.request_stop(session=session, run_id=run_id)
+    try:
+        with open_session() as session:
+            runs.request_stop(session=session, run_id=run_id)
+    except ServiceError as exc:  # e.g. the thread was deleted in another tab
+        state.flash(str(exc), "error")
 
 
 def _withdraw(run_id: int, prompt: str | None) -> None:
@@ -262,7 +269,7 @@ def _message(
     role = "user" if msg.role == Role.user else "assistant"
     with st.chat_message(role):
         if msg.role == Role.user:
-            st.markdown(msg.content)
+            st.markdown(safe_markdown(msg.content))  # may be a clarification option the model wrote
         elif not MessageStatus(msg.status).answered:
             _unanswered_reply(msg, run)
             if is_head and st.button("Retry", key=f"retry_{msg.id}", icon=":material/refresh:", disabled=not can_ask):
@@ -294,7 +301,7 @@ def _unanswered_reply(msg: Message, run: Run | None) -> None:
     """A turn that ended without an answer: why, what it did until then, and that Retry re-runs it."""
     status = MessageStatus(msg.status)
     title, icon = _ENDED.get(status, _ENDED[MessageStatus.failed])
-    text = msg.error or msg.content
+    text = safe_markdown(msg.error or msg.content)
     if status == MessageStatus.failed:
         st.error(text, icon=icon)
     else:
