@@ -223,7 +223,8 @@ def ask(
 
     The question is committed (as the thread's head) before the model starts; the answer, its
     artifacts and the head move commit together. Raises InvalidInput/Conflict like
-    `runs.enqueue_question`."""
+    `runs.enqueue_question`. `model` and `on_progress` apply when this call executes the run; if a
+    background worker of this process claims it first, that worker's configured model runs it."""
     from cfo_desk.services import runs, worker
 
     thread = get_thread(session=session, thread_id=thread_id)
