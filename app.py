@@ -7,7 +7,8 @@ without this script.
 
 import streamlit as st
 
-st.set_page_config(page_title="CFO Desk", page_icon=":material/finance:", layout="wide")
+# An emoji, not a :material/...: icon: those make the browser fetch the favicon from Google's font CDN.
+st.set_page_config(page_title="CFO Desk", page_icon="📊", layout="wide")
 
 page = st.navigation(
     [

@@ -1,4 +1,4 @@
-"""Display helpers: model-written Markdown is rendered without images; figures are formatted."""
+"""Display helpers: model-written Markdown is rendered without images or links; figures are formatted."""
 
 from cfo_desk.ui.format import figure, safe_markdown
 
@@ -8,7 +8,11 @@ def test_model_images_are_never_rendered():
     out = safe_markdown(text)
     assert "evil.example" not in out and "<img" not in out and "http://x/y" not in out
     assert out.startswith("MRR is $1. [image removed: chart]") and out.endswith("done")
-    assert safe_markdown("A [link](http://ok.example) stays") == "A [link](http://ok.example) stays"
+    # A link keeps its text and shows its URL, but is not clickable (see tests/test_inert.py).
+    assert safe_markdown("A [link](http://ok.example) stays") == "A link (http\u200b://ok.example) stays"
+    assert safe_markdown("**Bold**, `code` and\n\n- a list\n\n| a | b |\n|---|---|\n| 1 | 2 |") == (
+        "**Bold**, `code` and\n\n- a list\n\n| a | b |\n|---|---|\n| 1 | 2 |"
+    )
 
 
 def test_key_figures_are_formatted_by_unit():

@@ -7,7 +7,7 @@ import streamlit as st
 from cfo_desk.services import artifacts as artifacts_svc
 from cfo_desk.services.session import open_session
 from cfo_desk.ui import state
-from cfo_desk.ui.format import column_config, for_display, short_hash
+from cfo_desk.ui.format import column_config, for_display, safe_label, short_hash
 
 
 def render() -> None:
@@ -25,19 +25,19 @@ def render() -> None:
         return
     st.caption(f"{len(arts)} query result(s), newest first.")
     for art in arts:
-        with st.expander(f"{art.handle} · {art.title} · {art.row_count:,} row(s) · {art.created_at:%Y-%m-%d %H:%M}"):
+        with st.expander(f"{safe_label(art.handle)} · {safe_label(art.title)} · {art.row_count:,} row(s) · {art.created_at:%Y-%m-%d %H:%M}"):
             question = questions.get(art.id)
             if question:
-                st.caption(f"For the question: “{question[:300]}”")
+                st.caption(f"For the question: “{safe_label(question[:300])}”")
             st.code(art.sql or "", language="sql", wrap_lines=True)
             read = art.datasets_read
             if read:
-                st.caption("Read: " + " · ".join(f"{d['source']} ({short_hash(d['sha256'])})" for d in read))
+                st.caption("Read: " + " · ".join(f"{safe_label(d['source'])} ({short_hash(d['sha256'])})" for d in read))
             with open_session() as session:
                 try:
                     frame = artifacts_svc.result_frame(session=session, artifact=art)
                 except Exception as exc:  # a missing file is reported, not fatal
-                    st.warning(str(exc))
+                    st.warning(safe_label(str(exc)))
                     continue
             shown = for_display(frame.head(200))
             st.dataframe(shown, hide_index=True, column_config=column_config(shown))

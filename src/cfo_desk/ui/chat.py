@@ -20,7 +20,7 @@ from cfo_desk.services.runs import Run, RunStatus
 from cfo_desk.services.session import open_session
 from cfo_desk.services.threads import Message, MessageStatus, Role, utcnow
 from cfo_desk.ui import state
-from cfo_desk.ui.format import column_config, figure, for_display, safe_markdown, short_hash
+from cfo_desk.ui.format import column_config, figure, for_display, safe_label, safe_markdown, short_hash
 
 
 def render() -> None:
@@ -63,12 +63,12 @@ def render() -> None:
         st.caption("Ask a question about this workspace's data. Each answer shows its figures, the tables and SQL behind them.")
     else:
         head_col, menu_col = st.columns([6, 1], vertical_alignment="bottom")
-        head_col.title(thread.title)
+        head_col.title(safe_label(thread.title))
         with menu_col.popover("Thread", icon=":material/more_horiz:"):
             _thread_menu(thread)
         if thread.forked_from_message_id is not None:
             st.caption(
-                f":material/call_split: Forked from “{thread.forked_from_thread_title}” at message #{thread.forked_from_message_id}. "
+                f":material/call_split: Forked from “{safe_label(thread.forked_from_thread_title)}” at message #{thread.forked_from_message_id}. "
                 "Turns here never appear in the source thread, and the reverse."
             )
     if problem:
@@ -84,7 +84,7 @@ def render() -> None:
             st.markdown("**Try asking**")
         cols = st.columns(2)
         for i, q in enumerate(suggestions):
-            if cols[i % 2].button(q, key=f"sample_q_{i}", width="stretch"):
+            if cols[i % 2].button(safe_label(q), key=f"sample_q_{i}", width="stretch"):
                 _enqueue_and_rerun(ws_id, None, q)
 
     if live:
@@ -130,7 +130,7 @@ def _enqueue(ws_id: int, thread_id: int | None, text: str) -> bool:
         with open_session() as session:
             run = runs.enqueue_question(session=session, workspace_id=ws_id, thread_id=thread_id, content=text)
     except ServiceError as exc:
-        state.flash(str(exc), "error")
+        state.flash(safe_label(str(exc)), "error")
         return False
     state.open_thread(run.thread_id)  # the URL names the thread from now on: a reload lands here
     worker.wake_worker()
@@ -148,7 +148,7 @@ def _answer_and_rerun(thread_id: int, user_message_id: int) -> None:
         with open_session() as session:
             runs.enqueue_answer(session=session, thread_id=thread_id, user_message_id=user_message_id)
     except ServiceError as exc:
-        state.flash(str(exc), "error")
+        state.flash(safe_label(str(exc)), "error")
     worker.wake_worker()
     st.rerun()
 
@@ -198,7 +198,7 @@ def _stop(run_id: int) -> None:
         with open_session() as session:
             runs.request_stop(session=session, run_id=run_id)
     except ServiceError as exc:  # e.g. the thread was deleted in another tab
-        state.flash(str(exc), "error")
+        state.flash(safe_label(str(exc)), "error")
 
 
 def _withdraw(run_id: int, prompt: str | None) -> None:
@@ -215,15 +215,15 @@ def _progress_step(p: dict, box=st) -> None:
     tool = p.get("tool") or ""
     if p.get("kind") == "tool_call":
         if tool == "run_sql":
-            box.markdown(f"{at}**Running SQL:** {safe_markdown(p.get('purpose') or '')}")
+            box.markdown(f"{at}**Running SQL:** {safe_label(p.get('purpose') or '')}")
             if p.get("sql"):
                 box.code(p["sql"], language="sql", wrap_lines=True)
         elif tool.startswith("final_result"):
             box.markdown(f"{at}Writing the answer…")
         else:
-            box.markdown(f"{at}Calling `{tool}`…")
+            box.markdown(f"{at}Calling {safe_label(tool)}…")
     elif p.get("error"):
-        box.markdown(f"{at}:orange[`{tool}` failed; the agent will try again:] {safe_markdown(p['error'][:300])}")
+        box.markdown(f"{at}{safe_label(tool)} :orange[failed; the agent will try again:] {safe_label(p['error'][:300])}")
     elif p.get("row_count") is not None:
         box.markdown(f"{at}→ {p['row_count']:,} row(s)")
 
@@ -236,7 +236,7 @@ def _thread_menu(thread) -> None:
                 with open_session() as session:
                     threads_svc.rename_thread(session=session, thread_id=thread.id, title=title)
             except ServiceError as exc:
-                st.error(str(exc))
+                st.error(safe_label(str(exc)))
             else:
                 st.rerun()
     sure = st.checkbox("Delete this thread, its answers and their results (forks made from it stay whole)", key=f"sure_delete_{thread.id}")
@@ -244,7 +244,7 @@ def _thread_menu(thread) -> None:
         with open_session() as session:
             threads_svc.delete_thread(session=session, thread_id=thread.id)
         state.open_thread(None)
-        state.flash(f"Deleted thread “{thread.title}”.", "info")
+        state.flash(f"Deleted thread “{safe_label(thread.title)}”.", "info")
         st.rerun()
 
 
@@ -282,7 +282,7 @@ def _message(
             if is_head and options:
                 cols = st.columns(min(len(options), 3))
                 for i, option in enumerate(options):
-                    if cols[i % len(cols)].button(option, key=f"option_{msg.id}_{i}", disabled=not can_ask):
+                    if cols[i % len(cols)].button(safe_label(option), key=f"option_{msg.id}_{i}", disabled=not can_ask):
                         _enqueue_and_rerun(msg.workspace_id, thread_id, option)
             st.caption("Pick an answer" + (" above" if is_head and options else "") + ", or reply in the box below.")
         else:
@@ -319,7 +319,9 @@ def _answer(msg: Message, arts: list[Artifact], frames: dict) -> None:
     if figures:
         cols = st.columns(min(len(figures), 4))
         for i, f in enumerate(figures):
-            cols[i % len(cols)].metric(f.get("label", ""), figure(f.get("value", 0), f.get("unit", "")), help=_figure_help(f))
+            cols[i % len(cols)].metric(
+                safe_label(f.get("label", "")), safe_label(figure(f.get("value", 0), f.get("unit", ""))), help=safe_label(_figure_help(f))
+            )
     st.markdown(safe_markdown(msg.content))
     if output.get("assumptions"):
         st.caption("Assumptions: " + safe_markdown(" · ".join(output["assumptions"])))
@@ -329,7 +331,7 @@ def _answer(msg: Message, arts: list[Artifact], frames: dict) -> None:
         _result(by_handle[handle], frames.get(by_handle[handle].id))
     read = {(d["source"], d["sha256"]) for a in arts for d in a.datasets_read}
     if read:
-        st.caption("Datasets read: " + " · ".join(f"{src} ({short_hash(sha)})" for src, sha in sorted(read)))
+        st.caption("Datasets read: " + " · ".join(f"{safe_label(src)} ({short_hash(sha)})" for src, sha in sorted(read)))
 
 
 def _figure_help(f: dict) -> str:
@@ -343,9 +345,9 @@ def _figure_help(f: dict) -> str:
 
 def _result(art: Artifact, frame) -> None:
     with st.container(border=True):
-        st.markdown(f"**{art.handle} · {safe_markdown(art.title)}**  ·  {art.row_count:,} row(s)" + (" (truncated)" if art.truncated else ""))
+        st.markdown(f"**{safe_label(art.handle)} · {safe_label(art.title)}**  ·  {art.row_count:,} row(s)" + (" (truncated)" if art.truncated else ""))
         if isinstance(frame, str):
-            st.warning(frame)
+            st.warning(safe_label(frame))
         else:
             shown = for_display(frame)
             st.dataframe(shown, hide_index=True, column_config=column_config(shown), key=f"df_{art.id}")
@@ -371,12 +373,12 @@ def _message_footer(msg: Message, thread_id: int) -> None:
         with open_session() as session:
             fork = threads_svc.fork_thread(session=session, thread_id=thread_id, message_id=msg.id)
         state.open_thread(fork.id)
-        state.flash(f"Forked into “{fork.title}”. Ask a different question here; the original thread is unchanged.", "info")
+        state.flash(f"Forked into “{safe_label(fork.title)}”. Ask a different question here; the original thread is unchanged.", "info")
         st.rerun()
     if msg.role == Role.assistant and msg.duration_s is not None:
         meta = f"#{msg.id} · {msg.duration_s:.1f} s"
         if msg.model_name:
-            meta += f" · {msg.model_name}"
+            meta += f" · {safe_label(msg.model_name)}"
         cols[1].caption(meta)
     else:
         cols[1].caption(f"#{msg.id}")

@@ -8,7 +8,7 @@ from cfo_desk.services import datasets as datasets_svc
 from cfo_desk.services.errors import ServiceError
 from cfo_desk.services.session import open_session
 from cfo_desk.ui import state
-from cfo_desk.ui.format import column_config, for_display, human_bytes
+from cfo_desk.ui.format import column_config, for_display, human_bytes, safe_code, safe_label, safe_markdown
 
 
 def render() -> None:
@@ -35,16 +35,16 @@ def render() -> None:
     a.metric("Rows", f"{ds.row_count:,}")
     b.metric("Columns", len(ds.columns))
     c.metric("File size", human_bytes(ds.size_bytes))
-    source = ds.source_filename + (f" — worksheet “{ds.sheet_name}”" if ds.sheet_name else "")
-    st.caption(f"Table `{ds.table_name}` from **{source}** · sha256 `{ds.sha256}` · loaded {ds.created_at:%Y-%m-%d %H:%M} UTC")
+    source = safe_label(ds.source_filename) + (f" — worksheet “{safe_label(ds.sheet_name)}”" if ds.sheet_name else "")
+    st.caption(f"Table {safe_code(ds.table_name)} from **{source}** · sha256 `{ds.sha256}` · loaded {ds.created_at:%Y-%m-%d %H:%M} UTC")
     notes = ds.notes
     if notes:
         with st.expander(f"What ingest noticed ({len(notes)})", expanded=bool(ds.date_order)):
             for n in notes:
-                st.markdown(f"- {n}")
+                st.markdown(f"- {safe_markdown(n)}")
     if ds.date_order:
         other = "MDY" if ds.date_order == "DMY" else "DMY"
-        st.caption(f"Ambiguous dates ({', '.join(ds.ambiguous_date_columns)}) were read as {ds.date_order}.")
+        st.caption(f"Ambiguous dates ({safe_label(', '.join(ds.ambiguous_date_columns))}) were read as {ds.date_order}.")
         if st.button(f"Re-read dates as {other}", key="switch_dates"):
             with open_session() as session:
                 datasets_svc.set_date_order(session=session, dataset_id=ds.id, date_order=other)
@@ -57,13 +57,14 @@ def render() -> None:
     st.dataframe(profile, hide_index=True, column_config=column_config(profile))
 
     with st.popover("Delete dataset", icon=":material/delete:"):
-        st.markdown(f"Delete `{ds.table_name}` and its uploaded file? Past answers keep their results.")
+        st.markdown(f"Delete {safe_code(ds.table_name)} and its uploaded file? Past answers keep their results.")
         if st.button("Delete", type="primary", key="delete_dataset"):
             try:
                 with open_session() as session:
                     datasets_svc.delete_dataset(session=session, dataset_id=ds.id)
             except ServiceError as exc:
-                st.error(str(exc))
+                st.error(safe_label(str(exc)))
             else:
-                state.flash(f"Deleted dataset {ds.table_name}.", "info")
+                state.flash(f"Deleted dataset {safe_label(ds.table_name)}.", "info")
                 st.rerun()
+

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import html
-
 import streamlit as st
 
 from cfo_desk.services import datasets as datasets_svc
@@ -11,7 +9,7 @@ from cfo_desk.services import runs, samples, threads as threads_svc, workspaces 
 from cfo_desk.services.errors import ServiceError
 from cfo_desk.services.session import open_session
 from cfo_desk.ui import state
-from cfo_desk.ui.format import human_bytes, short_hash
+from cfo_desk.ui.format import human_bytes, safe_code, safe_label, safe_markdown, short_hash
 
 UPLOAD_TYPES = ["csv", "tsv", "txt", "xlsx", "xlsm"]
 
@@ -51,7 +49,7 @@ def _workspace_picker(all_ws, ws_id: int | None) -> None:
             with st.spinner("Creating the sample workspace…"), open_session() as session:
                 ws = samples.load_sample_workspace(session=session)
             state.open_workspace(ws.id)
-            state.flash(f"Loaded “{ws.name}”: customers, subscriptions, orders and marketing spend. Try a sample question.")
+            state.flash(f"Loaded “{safe_label(ws.name)}”: customers, subscriptions, orders and marketing spend. Try a sample question.")
             st.rerun()
 
     # Keyed: an unkeyed popover's open state follows its position, so after the first workspace is
@@ -64,10 +62,10 @@ def _workspace_picker(all_ws, ws_id: int | None) -> None:
                     with open_session() as session:
                         ws = workspaces_svc.create_workspace(session=session, name=name)
                 except ServiceError as exc:
-                    st.error(str(exc))
+                    st.error(safe_label(str(exc)))
                 else:
                     state.open_workspace(ws.id)
-                    state.flash(f"Created workspace “{ws.name}”. Upload CSV or Excel files below.")
+                    state.flash(f"Created workspace “{safe_label(ws.name)}”. Upload CSV or Excel files below.")
                     st.rerun()
         if all_ws:
             st.button("Load sample workspace", key="sample_again", on_click=_load_sample_again)
@@ -83,7 +81,7 @@ def _workspace_picker(all_ws, ws_id: int | None) -> None:
                     with open_session() as session:
                         workspaces_svc.rename_workspace(session=session, workspace_id=ws_id, name=new_name)
                 except ServiceError as exc:
-                    st.error(str(exc))
+                    st.error(safe_label(str(exc)))
                 else:
                     st.rerun()
         if st.button("Delete workspace…", icon=":material/delete:", type="secondary", key="delete_ws"):
@@ -97,7 +95,7 @@ def _load_sample_again() -> None:
     with open_session() as session:
         ws = samples.load_sample_workspace(session=session)
     state.open_workspace(ws.id)
-    state.flash(f"Loaded “{ws.name}”.")
+    state.flash(f"Loaded “{safe_label(ws.name)}”.")
 
 
 def _close_delete_dialog() -> None:
@@ -110,7 +108,7 @@ def _confirm_delete_workspace(ws_id: int) -> None:
         ws = workspaces_svc.get_workspace(session=session, workspace_id=ws_id)
         c = workspaces_svc.workspace_contents(session=session, workspace_id=ws_id)
     st.markdown(
-        f"Delete **{ws.name}** for good? This removes its {c.datasets} dataset(s) and their uploaded files, "
+        f"Delete **{safe_label(ws.name)}** for good? This removes its {c.datasets} dataset(s) and their uploaded files, "
         f"{c.threads} thread(s) with {c.messages} message(s), and {c.artifacts} query result(s): "
         f"{human_bytes(c.bytes_on_disk)} on disk. It cannot be undone."
     )
@@ -120,7 +118,7 @@ def _confirm_delete_workspace(ws_id: int) -> None:
             workspaces_svc.delete_workspace(session=session, workspace_id=ws_id)
         _close_delete_dialog()
         state.open_workspace(None)
-        state.flash(f"Deleted workspace “{ws.name}”.", "info")
+        state.flash(f"Deleted workspace “{safe_label(ws.name)}”.", "info")
         st.rerun()
     if right.button("Cancel", width="stretch", key="cancel_delete_ws"):
         _close_delete_dialog()
@@ -158,10 +156,11 @@ def _ingest_one(ws_id: int, name: str, data: bytes, on_conflict: str, pending: l
     except datasets_svc.DuplicateUpload:
         pending.append((name, data))
     except (datasets_svc.IngestError, ServiceError) as exc:
-        st.session_state.setdefault("_upload_msgs", []).append(("error", str(exc), None))
+        st.session_state.setdefault("_upload_msgs", []).append(("error", safe_label(str(exc)), None))
     else:
         for ds in made:
-            text = f"{verb} **{ds.source_filename}**{f' [{ds.sheet_name}]' if ds.sheet_name else ''} as `{ds.table_name}` ({ds.row_count:,} rows)."
+            sheet = f" \\[{safe_label(ds.sheet_name)}\\]" if ds.sheet_name else ""
+            text = f"{verb} **{safe_label(ds.source_filename)}**{sheet} as {safe_code(ds.table_name)} ({ds.row_count:,} rows)."
             st.session_state.setdefault("_upload_msgs", []).append(("success", text, ds.id))
 
 
@@ -186,14 +185,14 @@ def _ingest_notes(dataset_id: int, key: str) -> None:
     notes = ds.notes
     if notes:
         with st.expander(f"What ingest noticed ({len(notes)})", expanded=bool(ds.date_order)):
-            st.markdown("\n".join(f"- {n}" for n in notes))
+            st.markdown("\n".join(f"- {safe_markdown(n)}" for n in notes))
     if ds.date_order:
         _date_order_switch(ds, key)
 
 
 def _date_order_switch(ds, key: str) -> None:
     dataset_id = ds.id
-    cols = ", ".join(ds.ambiguous_date_columns) or "dates"
+    cols = safe_label(", ".join(ds.ambiguous_date_columns)) or "dates"
     current = ds.date_order or "MDY"
     other = "MDY" if current == "DMY" else "DMY"
     label = {"DMY": "day/month (31/12)", "MDY": "month/day (12/31)"}
@@ -201,7 +200,7 @@ def _date_order_switch(ds, key: str) -> None:
     if st.button(f"Read as {label[other]} instead", key=key):
         with open_session() as session:
             datasets_svc.set_date_order(session=session, dataset_id=dataset_id, date_order=other)
-        state.flash(f"Re-read {ds.source_filename} with {label[other]} dates.")
+        state.flash(f"Re-read {safe_label(ds.source_filename)} with {label[other]} dates.")
         st.rerun()
 
 
@@ -213,8 +212,8 @@ def _pending_conflicts(ws_id: int) -> None:
     with st.container(border=True):
         with open_session() as session:
             same = [d for d in datasets_svc.list_datasets(session=session, workspace_id=ws_id) if d.source_filename == name]
-        target = ", ".join(f"`{d.table_name}`" for d in datasets_svc.replace_targets(same))
-        st.warning(f"**{name}** was uploaded before. Replace {target} with the new file, or keep both?")
+        target = ", ".join(safe_code(d.table_name) for d in datasets_svc.replace_targets(same))
+        st.warning(f"**{safe_label(name)}** was uploaded before. Replace {target} with the new file, or keep both?")
         a, b, c = st.columns(3)
         choice = None
         if a.button("Replace", key="conflict_replace", type="primary"):
@@ -243,8 +242,9 @@ def _datasets(ws_id: int) -> None:
         return
     with st.expander(f"Datasets ({len(rows)})", expanded=True):
         for d in rows:
-            source = html.escape(d.source_filename + (f" [{d.sheet_name}]" if d.sheet_name else ""))
-            st.markdown(f"`{d.table_name}` · {d.row_count:,} rows  \n<small>{source} · {short_hash(d.sha256)}</small>", unsafe_allow_html=True)
+            # No unsafe_allow_html: the file and sheet names are untrusted (html.escape leaves Markdown alone).
+            source = safe_label(d.source_filename + (f" [{d.sheet_name}]" if d.sheet_name else ""))
+            st.markdown(f"{safe_code(d.table_name)} · {d.row_count:,} rows  \n:small[{source} · {short_hash(d.sha256)}]")
 
 
 def _threads(ws_id: int) -> None:
@@ -260,6 +260,7 @@ def _threads(ws_id: int) -> None:
         icon = ":material/call_split:" if t.forked_from_thread_id else ":material/chat_bubble:"
         if t.id in busy:
             icon = ":material/progress_activity:"  # a run is going (or waiting) in this thread
-        if st.button(t.title, key=f"thread_{t.id}", icon=icon, type="primary" if t.id == current else "tertiary", width="stretch"):
+        if st.button(safe_label(t.title), key=f"thread_{t.id}", icon=icon, type="primary" if t.id == current else "tertiary", width="stretch"):
             state.open_thread(t.id)
             state.go_to_chat()
+
