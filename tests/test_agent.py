@@ -121,6 +121,28 @@ def test_sandbox_refusal_goes_back_to_the_model(session, sample):
     assert result_content(seen_returns[1])["rows"] == [[597]]
 
 
+def test_a_revealing_function_is_refused_back_to_the_model_with_its_name(session, sample):
+    _, thread = sample
+    seen_returns = []
+
+    def answer(returns):
+        seen_returns.extend(returns)
+        return {"answer_markdown": "ok"}
+
+    reply = turns.ask(
+        session=session, thread_id=thread.id, content="where is the data?",
+        model=sql_script(["SELECT path FROM duckdb_databases()", "SELECT current_setting('secret_directory') AS s",
+                          "SELECT table_name FROM information_schema.tables ORDER BY 1"], answer),
+    )
+    assert reply.status == "ok"
+    first, second, third = seen_returns
+    assert first.outcome == second.outcome == "retried"
+    assert "duckdb_databases() is not allowed: it reveals file paths" in str(first.content)
+    assert "current_setting() is not allowed" in str(second.content)
+    assert "/" not in str(first.content) + str(second.content)  # no path reaches the model
+    assert [r[0] for r in result_content(third)["rows"]] == ["customers", "marketing_spend", "orders", "subscriptions"]
+
+
 def test_rows_shown_to_the_model_are_capped(session, sample, monkeypatch):
     _, thread = sample
     seen = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from pathlib import Path
 
@@ -10,8 +11,9 @@ import duckdb
 import pandas as pd
 import pytest
 
-from cfo_desk.analytics.sandbox import QueryError, QueryRefused, QueryTimeout, run_query
-from cfo_desk.analytics.store import writer
+from cfo_desk.analytics import sandbox
+from cfo_desk.analytics.sandbox import QueryError, QueryRefused, QueryTimeout, check_functions, run_query
+from cfo_desk.analytics.store import sandboxed_reader, writer
 
 secret_frame = pd.DataFrame({"password": ["hunter2"]})  # a replacement scan must not reach this
 
@@ -37,11 +39,11 @@ def run(db: Path, sql: str, **kw):
 
 
 ATTACKS = {
-    "read_csv outside the workspace": ("SELECT * FROM read_csv('{outside}')", QueryError, "disabled"),
+    "read_csv outside the workspace": ("SELECT * FROM read_csv('{outside}')", QueryRefused, "read_csv() is not allowed: it reads files"),
     "bare file path in FROM": ("SELECT * FROM '{outside}'", QueryError, "disabled"),
-    "read_text /etc/passwd": ("SELECT * FROM read_text('/etc/passwd')", QueryError, "disabled"),
-    "glob the file system": ("SELECT * FROM glob('/*')", QueryError, "disabled"),
-    "read_parquet a result file": ("SELECT * FROM read_parquet('{parquet}')", QueryError, "disabled"),
+    "read_text /etc/passwd": ("SELECT * FROM read_text('/etc/passwd')", QueryRefused, "read_text() is not allowed: it reads files"),
+    "glob the file system": ("SELECT * FROM glob('/*')", QueryRefused, "glob() is not allowed: it reads files"),
+    "read_parquet a result file": ("SELECT * FROM read_parquet('{parquet}')", QueryRefused, "read_parquet() is not allowed: it reads files"),
     "COPY TO a file": ("COPY revenue TO '{out}'", QueryRefused, "COPY"),
     "COPY TO the database file": ("COPY revenue TO '{db}' (FORMAT csv)", QueryRefused, "COPY"),
     "EXPORT DATABASE": ("EXPORT DATABASE '{outdir}'", QueryRefused, "EXPORT"),
@@ -116,11 +118,16 @@ def test_sql_errors_are_reported_for_the_model(db):
         run(db, "SELECT amnt FROM revenue")
 
 
-def test_sandbox_settings_are_in_force(db):
+def test_sandbox_settings_are_in_force(db, tmp_path):
     # What the recipe sets is really set on the agent's connection (and stays set: the config is locked).
-    r = run(db, "SELECT current_setting('enable_external_access'), current_setting('python_enable_replacements'), "
-               "current_setting('lock_configuration'), current_setting('autoload_known_extensions')")
-    assert r.rows == [[False, False, True, False]]
+    # (Agent SQL may not read settings: the function gate refuses current_setting; app code may.)
+    with sandboxed_reader(db) as con:
+        r = con.execute("SELECT current_setting('enable_external_access'), current_setting('python_enable_replacements'), "
+                        "current_setting('lock_configuration'), current_setting('autoload_known_extensions')").fetchall()
+        assert r == [(False, False, True, False)]
+        # Behind the function gate, the file system stays closed too (defence in depth).
+        with pytest.raises(duckdb.Error, match="(?i)disabled"):
+            con.execute(f"SELECT * FROM read_csv('{tmp_path / 'outside.csv'}')").fetchall()
     with duckdb.connect(str(db), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM revenue").fetchone() == (5000,)
 
@@ -153,3 +160,151 @@ def test_tables_read_survive_join_using_and_ctes(db, tmp_path):
         con.execute("CREATE TABLE months AS SELECT DISTINCT month FROM revenue")
     r = run(db, "WITH m AS (SELECT month FROM months) SELECT count(*) FROM revenue JOIN m USING (month) NATURAL JOIN months")
     assert r.tables == ["months", "revenue"]  # get_table_names fails on USING; the parse tree still names them
+
+
+# --- The function gate: nothing that reveals paths, settings, secrets or the environment -------
+
+# SQL -> words the refusal must contain (the function or view it names).
+REVEALING = {
+    "FROM duckdb_databases()": "duckdb_databases() is not allowed: it reveals file paths",
+    "SELECT path FROM duckdb_databases": "duckdb_databases is not allowed",
+    "SELECT * FROM system.main.duckdb_databases": "duckdb_databases is not allowed",
+    "SELECT * FROM pragma_database_list": "pragma_database_list is not allowed: it reveals file paths",
+    "SELECT * FROM duckdb_settings()": "duckdb_settings() is not allowed: it reveals the configuration",
+    "SELECT * FROM pg_catalog.pg_settings": "pg_settings is not allowed: it reveals the configuration",
+    "SELECT current_setting('secret_directory')": "current_setting() is not allowed",
+    "SELECT CURRENT_SETTING('temp_directory')": "current_setting() is not allowed",
+    'SELECT "Current_Setting"($$home_directory$$)': "current_setting() is not allowed",
+    "SELECT system.main.current_setting('threads')": "current_setting() is not allowed",
+    "SHOW secret_directory": "SHOW secret_directory is not allowed: it reveals the configuration",
+    "SHOW temp_directory": "SHOW temp_directory is not allowed",
+    "SELECT * FROM duckdb_temporary_files()": "duckdb_temporary_files() is not allowed: it reveals memory",
+    "SELECT * FROM duckdb_memory()": "duckdb_memory() is not allowed",
+    "SELECT * FROM pragma_storage_info('revenue')": "pragma_storage_info() is not allowed",
+    "SELECT * FROM pragma_database_size()": "pragma_database_size() is not allowed",
+    "SELECT * FROM pragma_metadata_info()": "pragma_metadata_info() is not allowed",
+    "SELECT * FROM duckdb_secrets()": "duckdb_secrets() is not allowed: it reveals secrets",
+    "SELECT * FROM which_secret('s3://bucket/x', 's3')": "which_secret() is not allowed",
+    "SELECT * FROM duckdb_extensions()": "duckdb_extensions() is not allowed: it reveals extensions",
+    "SELECT getenv('HOME')": "getenv() is not allowed: it reveals the environment",
+    "SELECT * FROM pragma_platform()": "pragma_platform() is not allowed",
+    "SELECT * FROM duckdb_logs": "duckdb_logs is not allowed",
+    "SELECT * FROM duckdb_logs()": "duckdb_logs() is not allowed",
+    "SELECT * FROM duckdb_profiling_settings()": "duckdb_profiling_settings() is not allowed",
+    "SELECT * FROM query('SELECT * FROM duckdb_settings()')": "query() is not allowed: it runs SQL text",
+    "SELECT * FROM query_table('duckdb_databases')": "query_table() is not allowed",
+    "SELECT json_serialize_plan('SELECT * FROM duckdb_settings()')": "json_serialize_plan() is not allowed",
+    "SELECT * FROM duckdb_prepared_statements()": "duckdb_prepared_statements() is not allowed: in FROM only these table functions",
+    "SELECT * FROM histogram_values(duckdb_databases, path)": "histogram_values() is not allowed: in FROM only",
+    "SELECT * FROM histogram(pg_settings, setting)": "histogram() is not allowed: in FROM only",
+    # hidden in subqueries, CTEs, lateral joins, lambdas, DESCRIBE and SUMMARIZE
+    "SELECT (SELECT value FROM duckdb_settings() WHERE name = 'secret_directory')": "duckdb_settings() is not allowed",
+    "WITH s AS (SELECT * FROM duckdb_databases()) SELECT * FROM s": "duckdb_databases() is not allowed",
+    "SELECT * FROM revenue r, LATERAL (SELECT path FROM duckdb_databases() WHERE r.i = 0) d": "duckdb_databases() is not allowed",
+    "SELECT * FROM revenue WHERE month IN (SELECT 1 FROM duckdb_settings())": "duckdb_settings() is not allowed",
+    "SELECT list_transform([1], x -> current_setting('memory_limit'))": "current_setting() is not allowed",
+    "SELECT i FROM revenue ORDER BY current_setting('threads')": "current_setting() is not allowed",
+    "DESCRIBE SELECT current_setting('memory_limit')": "current_setting() is not allowed",
+    "SUMMARIZE SELECT * FROM duckdb_temporary_files()": "duckdb_temporary_files() is not allowed",
+    "SELECT 1 UNION ALL SELECT count(*) FROM duckdb_secrets()": "duckdb_secrets() is not allowed",
+}
+
+
+@pytest.mark.parametrize("sql", list(REVEALING))
+def test_revealing_functions_are_refused_with_a_reason(db, sql):
+    with pytest.raises(QueryRefused) as info:
+        run(db, sql)
+    message = str(info.value)
+    assert REVEALING[sql] in message
+    assert str(db.parent) not in message and "stored_secrets" not in message
+
+
+def test_without_the_gate_these_reveal_paths(db):
+    # Why the gate is needed: the sandboxed reader alone shows the data path and the secret directory.
+    with sandboxed_reader(db) as con:
+        (path,) = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchone()
+        (secrets,) = con.execute("SELECT current_setting('secret_directory')").fetchone()
+    assert path == str(db) and secrets
+
+
+CATALOG_QUERIES = [
+    "SELECT table_name, column_name, data_type FROM information_schema.columns WHERE table_name = 'revenue'",
+    "SELECT * FROM information_schema.tables",
+    "SELECT * FROM information_schema.schemata",
+    "SELECT * FROM duckdb_tables()",
+    "SELECT * FROM duckdb_columns() WHERE table_name = 'revenue'",
+    "SELECT * FROM pragma_table_info('revenue')",
+    "DESCRIBE revenue",
+    "DESCRIBE SELECT month, sum(amount) FROM revenue GROUP BY month",
+    "SUMMARIZE revenue",
+    "SUMMARIZE SELECT amount FROM revenue",
+    "SHOW revenue",
+    "SHOW TABLES",
+    "SHOW ALL TABLES",
+    "SHOW DATABASES",
+    "SELECT * FROM (DESCRIBE revenue)",
+    "SELECT * FROM range(3) r, unnest([1, 2]) u",
+    "SELECT * FROM generate_series(DATE '2024-01-01', DATE '2024-03-01', INTERVAL 1 MONTH)",
+    "SELECT * FROM json_each('{\"a\": 1}')",
+    "SELECT current_database(), version()",
+]
+
+
+@pytest.mark.parametrize("sql", CATALOG_QUERIES)
+def test_catalog_and_describe_still_work_and_show_no_path(db, sql):
+    r = run(db, sql)
+    assert r.rows or sql.startswith("SELECT * FROM (DESCRIBE")
+    text = json.dumps([r.columns, r.rows], default=str)
+    assert str(db.parent) not in text and "stored_secrets" not in text  # the catalog name is the file stem only
+
+
+def test_a_workspace_table_named_like_a_system_view_is_readable(db):
+    with writer(db) as con:
+        con.execute("CREATE TABLE pg_settings AS SELECT 'mine' AS name")
+    assert run(db, "SELECT name FROM pg_settings").rows == [["mine"]]
+    with pytest.raises(QueryRefused, match="pg_settings is not allowed"):
+        run(db, "SELECT * FROM pg_catalog.pg_settings")  # qualified: the system view, still refused
+
+
+class _Unserialisable:
+    """A connection whose parser cannot give a parse tree (as for statements json_serialize_sql rejects)."""
+
+    def __init__(self, con, *, raise_it: bool):
+        self.con, self.raise_it = con, raise_it
+
+    def execute(self, q, params=None):
+        if "json_serialize_sql" in q:
+            if self.raise_it:
+                raise duckdb.ParserException("no tree")
+            return self.con.execute("SELECT '{\"error\": true, \"error_message\": \"Only SELECT statements can be serialized\"}'")
+        return self.con.execute(q, params)
+
+
+@pytest.mark.parametrize("raise_it", [False, True])
+def test_sql_without_a_parse_tree_is_refused(db, raise_it):
+    with sandboxed_reader(db) as con:
+        with pytest.raises(QueryRefused, match="could not be checked, so it is refused"):
+            check_functions(_Unserialisable(con, raise_it=raise_it), "DESCRIBE revenue")
+        check_functions(con, "DESCRIBE revenue")  # the real parser gives DESCRIBE a tree
+
+
+def test_pivot_statements_are_refused(db):
+    with pytest.raises(QueryRefused, match="MULTI"):
+        run(db, "PIVOT revenue ON month USING sum(amount)")
+
+
+def test_gate_lists_name_real_functions():
+    with duckdb.connect() as con:
+        table_functions = {r[0] for r in con.execute(
+            "SELECT function_name FROM duckdb_functions() WHERE function_type IN ('table', 'table_macro')").fetchall()}
+        every = {r[0] for r in con.execute("SELECT function_name FROM duckdb_functions()").fetchall()}
+        views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE internal").fetchall()}
+    assert sandbox.ALLOWED_TABLE_FUNCTIONS <= table_functions  # no typo: each allowed name exists
+    assert not sandbox.ALLOWED_TABLE_FUNCTIONS & set(sandbox.DENIED_FUNCTIONS)
+    unknown = set(sandbox.DENIED_FUNCTIONS) - every - views - {"getenv", "database_list", "storage_info", "metadata_info",
+                                                                "database_size", "platform", "user_agent"}
+    assert not unknown, unknown
+    # Every revealing table function this DuckDB has is either denied with a reason or not allowed.
+    for name in ("duckdb_settings", "duckdb_databases", "duckdb_temporary_files", "duckdb_secrets", "duckdb_extensions",
+                 "duckdb_memory", "which_secret", "duckdb_logs", "pragma_storage_info", "query", "query_table"):
+        assert name in table_functions | views and name in sandbox.DENIED_FUNCTIONS

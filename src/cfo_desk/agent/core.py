@@ -20,7 +20,22 @@ from pydantic_ai.models import Model, infer_model
 from cfo_desk.agent.deps import AgentDeps, QueryResultRecord
 from cfo_desk.agent.outputs import Clarification, FinalAnswer
 from cfo_desk.analytics.profile import profile_table as _profile_table
-from cfo_desk.analytics.sandbox import QueryError, run_query
+from cfo_desk.analytics.sandbox import (
+    MAX_COLUMN_NAME_CHARS,
+    MAX_COLUMNS_TO_MODEL,
+    MAX_ERROR_CHARS,
+    MAX_TYPE_CHARS,
+    OVERVIEW_BUDGET_CHARS,
+    OVERVIEW_COLUMNS_PER_TABLE,
+    TOOL_RETURN_BUDGET_CHARS,
+    QueryError,
+    clip_notes,
+    clip_text,
+    fit_items,
+    json_chars,
+    result_for_model,
+    run_query,
+)
 
 SQL_TOOL_RETRIES = 3
 OUTPUT_RETRIES = 2
@@ -58,32 +73,21 @@ def build_agent() -> Agent[AgentDeps, FinalAnswer | Clarification]:
 
     @agent.instructions
     def workspace_overview(ctx: RunContext[AgentDeps]) -> str:
-        """Today's date and the workspace's tables, re-evaluated every run (a fork sees today's data)."""
-        lines = [f"Today is {date.today().isoformat()}. Workspace: {ctx.deps.workspace_name}."]
-        if not ctx.deps.datasets:
-            lines.append("The workspace has no datasets yet: tell the analyst to upload CSV or Excel files.")
-        else:
-            lines.append("Tables (name: source file, rows; columns):")
-            for d in ctx.deps.datasets:
-                cols = ", ".join(f"{n} {t}" for n, t in d.columns)
-                lines.append(f"- {d.table_name}: {d.source}, {d.row_count:,} rows; {cols}")
-        return "\n".join(lines)
+        """Today's date and the workspace's tables, re-evaluated every run (a fork sees today's data).
+
+        Fits `OVERVIEW_BUDGET_CHARS`: at most `OVERVIEW_COLUMNS_PER_TABLE` columns per table (fewer
+        when the tables would not fit), then as many tables as fit, saying what was left out."""
+        return overview_text(ctx.deps.workspace_name, ctx.deps.datasets)
 
     @agent.tool
-    def list_tables(ctx: RunContext[AgentDeps]) -> list[dict[str, Any]]:
-        """List the workspace's tables: name, source file, row count, and columns with their DuckDB types."""
-        return [
-            {
-                "table": d.table_name,
-                "source": d.source,
-                "rows": d.row_count,
-                "columns": [{"name": n, "type": t} for n, t in d.columns],
-            }
-            for d in ctx.deps.datasets
-        ]
+    def list_tables(ctx: RunContext[AgentDeps]) -> dict[str, Any]:
+        """List the workspace's tables: name, source file, row count, and columns with their DuckDB types.
+
+        Long lists are cut to fit the size budget; the notes say what was left out."""
+        return tables_for_model(ctx.deps.datasets)
 
     @agent.tool(retries=SQL_TOOL_RETRIES)
-    def profile_table(ctx: RunContext[AgentDeps], table: str) -> list[dict[str, Any]]:
+    def profile_table(ctx: RunContext[AgentDeps], table: str) -> dict[str, Any]:
         """Profile one table: per column its type, null count, distinct count, min and max.
 
         Args:
@@ -91,9 +95,9 @@ def build_agent() -> Agent[AgentDeps, FinalAnswer | Clarification]:
         """
         known = {d.table_name for d in ctx.deps.datasets}
         if table not in known:
-            raise ModelRetry(f"Unknown table {table!r}. Tables: {', '.join(sorted(known)) or 'none'}.")
+            raise ModelRetry(clip_text(f"Unknown table {table!r}. Tables: {', '.join(sorted(known)) or 'none'}.", MAX_ERROR_CHARS))
         df = _profile_table(ctx.deps.db_path, table)
-        return df.drop(columns=["null_pct"]).to_dict(orient="records")
+        return profile_for_model(table, df.drop(columns=["null_pct"]).to_dict(orient="records"))
 
     @agent.tool(retries=SQL_TOOL_RETRIES)
     def run_sql(ctx: RunContext[AgentDeps], purpose: str, sql: str) -> dict[str, Any]:
@@ -119,21 +123,116 @@ def build_agent() -> Agent[AgentDeps, FinalAnswer | Clarification]:
                 stop=ctx.deps.stop,
             )
         except QueryError as exc:
-            raise ModelRetry(f"The query failed: {exc}") from exc
+            raise ModelRetry(clip_text(f"The query failed: {exc}", MAX_ERROR_CHARS)) from exc
         handle = ctx.deps.next_handle()  # only results get handles, so they read q1, q2, ... without gaps
         run.parquet_path = pending.rename(ctx.deps.run_dir / f"{handle}.parquet")
         ctx.deps.add_result(QueryResultRecord(handle=handle, purpose=purpose.strip() or handle, sql=sql, run=run))
-        return {
-            "result": handle,
-            "row_count": run.row_count,
-            "columns": run.columns,
-            "rows": run.rows,
-            "rows_shown": len(run.rows),
-            "notes": run.notes
-            + ([f"Only the first {len(run.rows)} of {run.row_count:,} rows are shown to you."] if len(run.rows) < run.row_count else []),
-        }
+        return result_for_model(run, handle)
 
     return agent
+
+
+# ---------------------------------------------------------------------------------------------
+# What the model is shown about the tables: each fits a stated character budget (sandbox.py names them).
+
+MAX_SOURCE_CHARS = 200
+"""A dataset's source (file and sheet name) reaches the model cut to this many characters."""
+MAX_PROFILE_VALUE_CHARS = 200
+"""A profile's min and max reach the model cut to this many characters."""
+_COLUMN_CAPS = (MAX_COLUMNS_TO_MODEL, 20, 5, 0)  # columns per table tried in turn until every table fits
+
+
+def _column_entries(columns: list[tuple[str, str]], cap: int) -> list[dict[str, str]]:
+    return [{"name": clip_text(n, MAX_COLUMN_NAME_CHARS), "type": clip_text(t, MAX_TYPE_CHARS)} for n, t in columns[:cap]]
+
+
+def tables_for_model(datasets: list, *, budget_chars: int = TOOL_RETURN_BUDGET_CHARS) -> dict[str, Any]:
+    """The list_tables return within `budget_chars` of JSON: every table with up to
+    `MAX_COLUMNS_TO_MODEL` columns, fewer columns per table when the tables would not all fit, and
+    as many tables as fit when even names alone do not; `notes` say what was cut."""
+    reserve = 1_000  # for the notes
+    for cap in _COLUMN_CAPS:
+        entries = []
+        for d in datasets:
+            entry: dict[str, Any] = {
+                "table": clip_text(d.table_name, MAX_COLUMN_NAME_CHARS),
+                "source": clip_text(d.source, MAX_SOURCE_CHARS),
+                "rows": d.row_count,
+                "column_count": len(d.columns),
+                "columns": _column_entries(d.columns, cap),
+            }
+            if len(d.columns) > cap:
+                entry["columns_not_shown"] = len(d.columns) - cap
+            entries.append(entry)
+        payload: dict[str, Any] = {"table_count": len(datasets), "tables": entries, "notes": []}
+        if json_chars(payload) <= budget_chars - reserve:
+            break
+    shown = fit_items(payload, "tables", entries, budget_chars - reserve)
+    notes = []
+    if any("columns_not_shown" in e for e in payload["tables"]):
+        notes.append("Some tables have more columns than shown (columns_not_shown); profile_table or DESCRIBE <table> lists them.")
+    if any(len(n) > MAX_COLUMN_NAME_CHARS for d in datasets for n, _ in d.columns[:cap]):
+        notes.append(f"Names longer than {MAX_COLUMN_NAME_CHARS} characters are cut (…[N more chars]); quote the full name in SQL (DESCRIBE shows it).")
+    if shown < len(datasets):
+        left = ", ".join(d.table_name for d in datasets[shown:])
+        notes.append(f"Only {shown:,} of {len(datasets):,} tables fit the {budget_chars:,}-character budget; left out: {left}")
+    payload["notes"] = clip_notes(notes)
+    return payload
+
+
+def profile_for_model(table: str, records: list[dict[str, Any]], *, budget_chars: int = TOOL_RETURN_BUDGET_CHARS) -> dict[str, Any]:
+    """The profile_table return within `budget_chars` of JSON: at most `MAX_COLUMNS_TO_MODEL`
+    columns' profiles (names, types and min/max cut), as many as fit; `notes` say what was cut."""
+
+    def clean(rec: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for k, v in rec.items():
+            if v is not None and not isinstance(v, (str, int, float, bool)):
+                v = None if str(v) in ("<NA>", "nan", "NaT") else str(v)
+            limit = {"column": MAX_COLUMN_NAME_CHARS, "type": MAX_TYPE_CHARS}.get(k, MAX_PROFILE_VALUE_CHARS)
+            out[k] = clip_text(v, limit)
+        return out
+
+    payload: dict[str, Any] = {"table": clip_text(table, MAX_COLUMN_NAME_CHARS), "column_count": len(records), "columns": [], "notes": []}
+    shown = fit_items(payload, "columns", [clean(r) for r in records[:MAX_COLUMNS_TO_MODEL]], budget_chars - 1_000)
+    notes = []
+    if shown < len(records):
+        notes.append(
+            f"Only the first {shown:,} of {len(records):,} columns are profiled here (size budget {budget_chars:,} characters, "
+            f"at most {MAX_COLUMNS_TO_MODEL} columns); SUMMARIZE (SELECT <columns> FROM <table>) profiles others."
+        )
+    if any(isinstance(v, str) and "more chars]" in v for r in payload["columns"] for v in r.values()):
+        notes.append("Long names, types and min/max values are cut (…[N more chars]).")
+    payload["notes"] = clip_notes(notes)
+    return payload
+
+
+def overview_text(workspace_name: str, datasets: list, *, budget_chars: int = OVERVIEW_BUDGET_CHARS) -> str:
+    """The instructions' workspace overview (date, tables, columns) within `budget_chars` characters."""
+    head = [f"Today is {date.today().isoformat()}. Workspace: {clip_text(workspace_name, MAX_SOURCE_CHARS)}."]
+    if not datasets:
+        head.append("The workspace has no datasets yet: tell the analyst to upload CSV or Excel files.")
+        return "\n".join(head)
+    head.append("Tables (name: source file, rows; columns):")
+    reserve = 400  # the closing line about tables left out
+    for cap in (OVERVIEW_COLUMNS_PER_TABLE, 15, 3, 0):
+        lines = []
+        for d in datasets:
+            cols = ", ".join(f"{clip_text(n, MAX_COLUMN_NAME_CHARS)} {clip_text(t, MAX_TYPE_CHARS)}" for n, t in d.columns[:cap])
+            more = len(d.columns) - cap
+            if more > 0:
+                cols += f"{', ' if cols else ''}… {more:,} more columns (list_tables, profile_table)"
+            lines.append(f"- {clip_text(d.table_name, MAX_COLUMN_NAME_CHARS)}: {clip_text(d.source, MAX_SOURCE_CHARS)}, {d.row_count:,} rows; {cols}")
+        if len("\n".join(head + lines)) <= budget_chars - reserve:
+            break
+    out, size = list(head), len("\n".join(head))
+    for i, line in enumerate(lines):
+        if size + 1 + len(line) > budget_chars - reserve:
+            out.append(f"- … {len(lines) - i:,} more tables are not listed here: call list_tables.")
+            break
+        out.append(line)
+        size += 1 + len(line)
+    return "\n".join(out)
 
 
 @lru_cache(maxsize=1)
