@@ -1,6 +1,9 @@
 """Read-only views of a workspace's tables: list, preview rows, and a per-column profile.
 
 All reads go through the sandboxed reader; the SQL here is app code with quoted identifiers.
+Each waits at most `timeout_s` seconds (None: `store.READ_WAIT_S`) for a busy workspace (an
+upload here or in another process), then raises `store.WorkspaceBusy` (a sentence without paths
+or PIDs).
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ class TableInfo:
     columns: list[tuple[str, str]]
 
 
-def list_tables(db_path: Path) -> list[TableInfo]:
+def list_tables(db_path: Path, *, timeout_s: float | None = None) -> list[TableInfo]:
     """Every table of the workspace database with its columns (in order) and row count."""
-    with sandboxed_reader(db_path) as con:
+    with sandboxed_reader(db_path, timeout_s=timeout_s) as con:
         cols = con.execute(
             "SELECT table_name, column_name, data_type FROM duckdb_columns() "
             "WHERE database_name = current_database() AND schema_name = 'main' ORDER BY table_name, column_index"
@@ -41,19 +44,19 @@ def list_tables(db_path: Path) -> list[TableInfo]:
     return out
 
 
-def preview(db_path: Path, table: str, limit: int = PREVIEW_ROWS) -> pd.DataFrame:
+def preview(db_path: Path, table: str, limit: int = PREVIEW_ROWS, *, timeout_s: float | None = None) -> pd.DataFrame:
     """The first `limit` rows of `table` as a DataFrame (in stored order)."""
-    with sandboxed_reader(db_path) as con:
+    with sandboxed_reader(db_path, timeout_s=timeout_s) as con:
         return con.execute(f"SELECT * FROM {quote_ident(table)} LIMIT ?", [int(limit)]).fetchdf()
 
 
-def profile_table(db_path: Path, table: str) -> pd.DataFrame:
+def profile_table(db_path: Path, table: str, *, timeout_s: float | None = None) -> pd.DataFrame:
     """One row per column: column, type, rows, nulls, null_pct (%), distinct, min, max (as text).
 
     Min and max come from DuckDB's SUMMARIZE; `nulls` and `distinct` are exact counts (SUMMARIZE's
     are a rounded percentage and an approximation), since analysts reconcile against them.
     """
-    with sandboxed_reader(db_path) as con:
+    with sandboxed_reader(db_path, timeout_s=timeout_s) as con:
         df = con.execute(f"SUMMARIZE {quote_ident(table)}").fetchdf()
         cols = list(df["column_name"])
         exprs = ", ".join(f"count(DISTINCT {quote_ident(c)}), count(*) - count({quote_ident(c)})" for c in cols)

@@ -4,12 +4,19 @@ An upload keeps the original file under the workspace's `uploads/`, ingests it i
 workspace's DuckDB in one transaction, then records a Dataset row per table. When ingest fails,
 the error names the file and the problem, and nothing of the upload remains (no table, no row, no
 file); a table being replaced survives intact.
+
+Every change holds the workspace's DuckDB writer (`store.writer`) from its first check to its last
+write, which excludes other uploads and queries in this process and in other processes sharing
+the data folder. When the workspace stays busy past `WRITE_WAIT_S`, the change is refused with
+`WorkspaceBusyConflict` before anything is written; reads (preview, profile) likewise.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -19,16 +26,25 @@ from sqlmodel import Session, select
 from cfo_desk.analytics import ingest
 from cfo_desk.analytics.profile import preview, profile_table
 from cfo_desk.analytics.ingest import IngestError
-from cfo_desk.analytics.store import quote_ident, stamp_provenance, workspace_lock, writer
+from cfo_desk.analytics.store import WorkspaceBusy, quote_ident, stamp_provenance, writer
 from cfo_desk.services.errors import Conflict, InvalidInput, NotFound
 from cfo_desk.services.workspaces import get_workspace
 from cfo_desk.storage.files import duckdb_path, workspace_dir, write_atomic
 from cfo_desk.storage.models import Dataset, utcnow
 
-__all__ = ["DuplicateUpload", "IngestError", "delete_dataset", "list_datasets", "replace_targets", "set_date_order", "upload_file"]
+__all__ = ["DuplicateUpload", "IngestError", "WorkspaceBusyConflict", "delete_dataset", "list_datasets", "replace_targets", "set_date_order", "upload_file"]
 
 MAX_UPLOAD_BYTES = 200 * 1024 * 1024  # matches server.maxUploadSize in .streamlit/config.toml
 OnConflict = Literal["ask", "replace", "keep_both"]
+WRITE_WAIT_S = 20.0  # how long an upload, re-read or delete waits for a busy workspace
+READ_WAIT_S = 10.0  # how long a preview or profile waits
+
+
+class WorkspaceBusyConflict(Conflict):
+    """The workspace's database stayed in use (an upload or a query, maybe in another process)."""
+
+    def __init__(self) -> None:
+        super().__init__("The workspace is busy with another upload or a query; try again in a moment.")
 
 
 class DuplicateUpload(Conflict):
@@ -92,15 +108,31 @@ def upload_file(
     if len(data) > MAX_UPLOAD_BYTES:
         raise InvalidInput(f"{original}: the file is larger than {MAX_UPLOAD_BYTES // 2**20} MB.")
     # One upload at a time per workspace: the same-name check, the table names, the ingest and the
-    # rows all happen under the lock, so two sessions can never both skip the "replace or keep
-    # both?" question, nor pick the same table name and overwrite each other's table.
-    with workspace_lock(duckdb_path(ws.key)):
+    # rows all happen while this upload holds the workspace's writer (which excludes every other
+    # connection to the file, in this process and in others), so two sessions can never both skip
+    # the "replace or keep both?" question, nor pick the same table name and overwrite each
+    # other's table. Ingest, stamps and drops re-enter the same writer.
+    with _holding_writer(duckdb_path(ws.key)):
         session.expire_all()  # read what other sessions committed
         existing = list(session.exec(select(Dataset).where(Dataset.workspace_id == ws.id, Dataset.source_filename == original)))
         if existing and on_conflict == "ask":
             raise DuplicateUpload(original, existing)
         replacing = replace_targets(existing) if on_conflict == "replace" else []
         return _upload_locked(session, ws, original, data, replacing, date_order)
+
+
+@contextmanager
+def _holding_writer(db_path: Path) -> Iterator[None]:
+    """Hold the workspace's writer for the block; WorkspaceBusyConflict when it stays busy.
+
+    Only the wait is translated: a WorkspaceBusy from inside the block (which re-enters the held
+    writer and so never waits) would be a bug and propagates as is."""
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(writer(db_path, timeout_s=WRITE_WAIT_S))
+        except WorkspaceBusy:
+            raise WorkspaceBusyConflict() from None
+        yield
 
 
 def _upload_locked(session: Session, ws, original: str, data: bytes, replacing: list[Dataset], date_order: str | None) -> list[Dataset]:
@@ -170,18 +202,18 @@ def set_date_order(*, session: Session, dataset_id: int, date_order: str) -> Dat
     path = workspace_dir(ws.key) / ds.file_path
     if not path.exists():
         raise NotFound(f"The original of {ds.source_filename} is missing from the workspace folder.")
-    with workspace_lock(duckdb_path(ws.key)):
+    with _holding_writer(duckdb_path(ws.key)):
         (t,) = ingest.ingest_file(
             duckdb_path(ws.key), path, original_name=ds.source_filename, table_names={ds.sheet_name: ds.table_name}, date_order=date_order
         )
         stamp_provenance(duckdb_path(ws.key), {t.table_name: ds.sha256})
-    ds.row_count = t.row_count
-    ds.columns = [{"name": c.name, "type": c.type} for c in t.columns]
-    ds.notes = list(t.notes)
-    ds.date_order = t.date_order or date_order
-    ds.ambiguous_date_columns = list(t.ambiguous_date_columns)
-    session.add(ds)
-    session.commit()
+        ds.row_count = t.row_count
+        ds.columns = [{"name": c.name, "type": c.type} for c in t.columns]
+        ds.notes = list(t.notes)
+        ds.date_order = t.date_order or date_order
+        ds.ambiguous_date_columns = list(t.ambiguous_date_columns)
+        session.add(ds)
+        session.commit()
     session.refresh(ds)
     return ds
 
@@ -193,10 +225,11 @@ def delete_dataset(*, session: Session, dataset_id: int) -> None:
     """
     ds = get_dataset(session=session, dataset_id=dataset_id)
     ws = get_workspace(session=session, workspace_id=ds.workspace_id)
-    session.delete(ds)
-    session.commit()
-    _drop_tables(duckdb_path(ws.key), [ds.table_name])
-    _forget_file(session, workspace_dir(ws.key), ds.file_path)
+    with _holding_writer(duckdb_path(ws.key)):  # taken first: a busy workspace leaves the dataset as it was
+        session.delete(ds)
+        session.commit()
+        _drop_tables(duckdb_path(ws.key), [ds.table_name])
+        _forget_file(session, workspace_dir(ws.key), ds.file_path)
 
 
 def _drop_tables(db_path: Path, tables: list[str]) -> None:
@@ -215,12 +248,18 @@ def dataset_preview(*, session: Session, dataset_id: int, rows: int = 50) -> pd.
     """The first `rows` rows of the dataset's table."""
     ds = get_dataset(session=session, dataset_id=dataset_id)
     ws = get_workspace(session=session, workspace_id=ds.workspace_id)
-    return preview(duckdb_path(ws.key), ds.table_name, rows)
+    try:
+        return preview(duckdb_path(ws.key), ds.table_name, rows, timeout_s=READ_WAIT_S)
+    except WorkspaceBusy:
+        raise WorkspaceBusyConflict() from None
 
 
 def dataset_profile(*, session: Session, dataset_id: int) -> pd.DataFrame:
     """Per column: type, rows, nulls, null %, distinct, min, max (see analytics.profile)."""
     ds = get_dataset(session=session, dataset_id=dataset_id)
     ws = get_workspace(session=session, workspace_id=ds.workspace_id)
-    return profile_table(duckdb_path(ws.key), ds.table_name)
+    try:
+        return profile_table(duckdb_path(ws.key), ds.table_name, timeout_s=READ_WAIT_S)
+    except WorkspaceBusy:
+        raise WorkspaceBusyConflict() from None
 
