@@ -80,6 +80,10 @@ def main() -> None:
 
     runs.main()
 
+    import isolation  # benchmarks/isolation.py: agent SQL in a worker process vs in-process
+
+    isolation.main()
+
 
 if __name__ == "__main__":
     main()

@@ -8,6 +8,8 @@
 | `CFO_DESK_SQL_TIMEOUT` | seconds one agent query may run | 30 |
 | `CFO_DESK_SQL_ROWS_TO_MODEL` | rows of a result shown to the model | 200 |
 | `CFO_DESK_SQL_RESULT_ROW_LIMIT` | rows of a result kept as Parquet | 1,000,000 |
+| `CFO_DESK_SQL_WORKERS` | warm worker processes that run agent SQL (0: in the app process, no OS limits) | 2 |
+| `CFO_DESK_SQL_MEMORY_GB` | address space (RLIMIT_AS) of one SQL worker, GB | 2 |
 | `CFO_DESK_REQUEST_LIMIT` | model requests per turn | 25 |
 | `CFO_DESK_TOOL_CALLS_LIMIT` | tool calls per turn | 30 |
 | `CFO_DESK_TOTAL_TOKENS_LIMIT` | model tokens (input + output) per turn | 1,000,000 |
@@ -38,6 +40,8 @@ class Settings(BaseSettings):
     cfo_desk_sql_timeout: float = Field(default=30.0, gt=0, description="Seconds per agent query.")
     cfo_desk_sql_rows_to_model: int = Field(default=200, gt=0, description="Result rows shown to the model.")
     cfo_desk_sql_result_row_limit: int = Field(default=1_000_000, gt=0, description="Result rows kept as Parquet.")
+    cfo_desk_sql_workers: int = Field(default=2, ge=0, le=32, description="Warm SQL worker processes (0: in-process).")
+    cfo_desk_sql_memory_gb: float = Field(default=2.0, ge=1, le=1024, description="Address space of one SQL worker, GB.")
     cfo_desk_request_limit: int = Field(default=25, gt=0, description="Model requests per turn.")
     cfo_desk_tool_calls_limit: int = Field(default=30, gt=0, description="Tool calls per turn.")
     cfo_desk_total_tokens_limit: int = Field(default=1_000_000, gt=0, description="Model tokens (in + out) per turn.")

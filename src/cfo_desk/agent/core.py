@@ -20,6 +20,8 @@ from pydantic_ai.models import Model, infer_model
 from cfo_desk.agent.deps import AgentDeps, QueryResultRecord
 from cfo_desk.agent.outputs import Clarification, FinalAnswer
 from cfo_desk.analytics.profile import profile_table as _profile_table
+from cfo_desk.analytics.isolation import run_query_isolated
+from cfo_desk.analytics.store import WorkspaceBusy
 from cfo_desk.analytics.sandbox import (
     MAX_COLUMN_NAME_CHARS,
     MAX_COLUMNS_TO_MODEL,
@@ -34,7 +36,6 @@ from cfo_desk.analytics.sandbox import (
     fit_items,
     json_chars,
     result_for_model,
-    run_query,
 )
 
 SQL_TOOL_RETRIES = 3
@@ -96,7 +97,10 @@ def build_agent() -> Agent[AgentDeps, FinalAnswer | Clarification]:
         known = {d.table_name for d in ctx.deps.datasets}
         if table not in known:
             raise ModelRetry(clip_text(f"Unknown table {table!r}. Tables: {', '.join(sorted(known)) or 'none'}.", MAX_ERROR_CHARS))
-        df = _profile_table(ctx.deps.db_path, table)
+        try:
+            df = _profile_table(ctx.deps.db_path, table, timeout_s=ctx.deps.limits.timeout_s)
+        except WorkspaceBusy as exc:  # a sentence without paths or PIDs
+            raise ModelRetry(str(exc)) from None
         return profile_for_model(table, df.drop(columns=["null_pct"]).to_dict(orient="records"))
 
     @agent.tool(retries=SQL_TOOL_RETRIES)
@@ -113,7 +117,7 @@ def build_agent() -> Agent[AgentDeps, FinalAnswer | Clarification]:
         limits = ctx.deps.limits
         pending = ctx.deps.run_dir / f"pending-{uuid.uuid4().hex}.parquet"
         try:
-            run = run_query(
+            run = run_query_isolated(  # in a warm worker process with OS memory and CPU limits
                 ctx.deps.db_path,
                 sql,
                 parquet_path=pending,

@@ -25,6 +25,7 @@ import json
 import math
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import date, datetime, time as dtime
 from decimal import Decimal
@@ -34,7 +35,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cfo_desk.analytics.store import read_provenance, sandboxed_reader
+from cfo_desk.analytics.store import WorkspaceBusy, read_provenance, sandboxed_reader
 
 QUERY_TIMEOUT_S = 30.0
 ROWS_TO_MODEL = 200
@@ -79,6 +80,10 @@ class QueryRefused(QueryError):
 
 class QueryTimeout(QueryError):
     """The query ran past its time limit and was interrupted."""
+
+
+class QueryBusy(QueryError):
+    """The workspace stayed busy (an upload, maybe in another process) for the whole timeout."""
 
 
 class QueryStopped(QueryError):
@@ -419,13 +424,17 @@ def run_query(
     (DuckDB's message, e.g. a binder error naming the unknown column).
     """
     parquet_path.parent.mkdir(parents=True, exist_ok=True)
-    with sandboxed_reader(db_path) as con:
+    started = time.perf_counter()  # waiting for a busy workspace counts against timeout_s
+    with ExitStack() as stack:
+        try:
+            con = stack.enter_context(sandboxed_reader(db_path, timeout_s=timeout_s))
+        except WorkspaceBusy as exc:
+            raise QueryBusy(str(exc)) from None  # a sentence without paths or PIDs
         check_statement(con, sql)
         tables = tables_read(con, sql)
         provenance = read_provenance(con, tables)  # same connection, same lock: matches the rows read
         cur = con.cursor()
         timed_out, stopped, finished = threading.Event(), threading.Event(), threading.Event()
-        started = time.perf_counter()
 
         def _watchdog() -> None:
             deadline = started + timeout_s

@@ -26,10 +26,14 @@ def render() -> None:
         return
     names = {d.id: f"{d.table_name}  ·  {d.row_count:,} rows" for d in rows}
     chosen = st.selectbox("Dataset", options=list(names), format_func=names.get, key="data_pick")
-    with open_session() as session:
-        ds = datasets_svc.get_dataset(session=session, dataset_id=chosen)
-        head = datasets_svc.dataset_preview(session=session, dataset_id=chosen, rows=50)
-        profile = datasets_svc.dataset_profile(session=session, dataset_id=chosen)
+    try:
+        with open_session() as session:
+            ds = datasets_svc.get_dataset(session=session, dataset_id=chosen)
+            head = datasets_svc.dataset_preview(session=session, dataset_id=chosen, rows=50)
+            profile = datasets_svc.dataset_profile(session=session, dataset_id=chosen)
+    except ServiceError as exc:  # e.g. the workspace is busy with an upload in another process
+        st.warning(str(exc), icon=":material/hourglass_top:")
+        return
 
     a, b, c = st.columns(3)
     a.metric("Rows", f"{ds.row_count:,}")
@@ -46,9 +50,13 @@ def render() -> None:
         other = "MDY" if ds.date_order == "DMY" else "DMY"
         st.caption(f"Ambiguous dates ({safe_label(', '.join(ds.ambiguous_date_columns))}) were read as {ds.date_order}.")
         if st.button(f"Re-read dates as {other}", key="switch_dates"):
-            with open_session() as session:
-                datasets_svc.set_date_order(session=session, dataset_id=ds.id, date_order=other)
-            st.rerun()
+            try:
+                with open_session() as session:
+                    datasets_svc.set_date_order(session=session, dataset_id=ds.id, date_order=other)
+            except ServiceError as exc:
+                st.error(str(exc))
+            else:
+                st.rerun()
 
     st.subheader("First rows")
     head = for_display(head)

@@ -198,8 +198,12 @@ def _date_order_switch(ds, key: str) -> None:
     label = {"DMY": "day/month (31/12)", "MDY": "month/day (12/31)"}
     st.caption(f"{cols} read as {label[current]}: every day was ≤ 12, so the order was assumed.")
     if st.button(f"Read as {label[other]} instead", key=key):
-        with open_session() as session:
-            datasets_svc.set_date_order(session=session, dataset_id=dataset_id, date_order=other)
+        try:
+            with open_session() as session:
+                datasets_svc.set_date_order(session=session, dataset_id=dataset_id, date_order=other)
+        except ServiceError as exc:  # e.g. the workspace is busy with an upload in another process
+            st.error(str(exc))
+            return
         state.flash(f"Re-read {safe_label(ds.source_filename)} with {label[other]} dates.")
         st.rerun()
 
