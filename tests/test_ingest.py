@@ -14,6 +14,7 @@ import pytest
 from messy_files import CSV, late_na_csv, write_csv, write_xlsx
 
 from cfo_desk.analytics import ingest
+from cfo_desk.config import get_settings
 from cfo_desk.analytics.ingest import IngestError, ingest_file, safe_table_name, sheet_labels
 from cfo_desk.analytics.store import workspace_lock
 
@@ -370,6 +371,9 @@ def test_failure_in_a_later_sheet_rolls_back_every_table(tmp_path, monkeypatch):
         return prepared
 
     monkeypatch.setattr(ingest, "_prepare", prepare_with_broken_fx)
+    # The patch must reach the parse: in-process (the worker's copy step is tested in test_hostile_uploads).
+    monkeypatch.setenv("CFO_DESK_INGEST_MEMORY_GB", "0")
+    get_settings.cache_clear()
     with pytest.raises(IngestError, match=r"^book\.xlsx: could not be stored"):
         ingest_file(tmp_path / "ws.duckdb", path, original_name="book.xlsx", table_names={"Q1 Sales": "t", "FX": "fx"})
     # "t" was replaced inside the transaction before FX failed: the rollback restored it.

@@ -10,6 +10,10 @@
 | `CFO_DESK_SQL_RESULT_ROW_LIMIT` | rows of a result kept as Parquet | 1,000,000 |
 | `CFO_DESK_SQL_WORKERS` | warm worker processes that run agent SQL (0: in the app process, no OS limits) | 2 |
 | `CFO_DESK_SQL_MEMORY_GB` | address space (RLIMIT_AS) of one SQL worker, GB | 2 |
+| `CFO_DESK_INGEST_MEMORY_GB` | address space (RLIMIT_AS) of the worker process that parses an upload, GB (0: in the app process) | 4 |
+| `CFO_DESK_INGEST_TIMEOUT_S` | seconds one upload's parse may take | 300 |
+| `CFO_DESK_INGEST_MAX_COLUMNS` | columns per uploaded table (CSV header, worksheet dimension) | 1,000 |
+| `CFO_DESK_INGEST_MAX_CELLS` | rows x columns per upload | 30,000,000 |
 | `CFO_DESK_REQUEST_LIMIT` | model requests per turn | 25 |
 | `CFO_DESK_TOOL_CALLS_LIMIT` | tool calls per turn | 30 |
 | `CFO_DESK_TOTAL_TOKENS_LIMIT` | model tokens (input + output) per turn | 1,000,000 |
@@ -42,6 +46,10 @@ class Settings(BaseSettings):
     cfo_desk_sql_result_row_limit: int = Field(default=1_000_000, gt=0, description="Result rows kept as Parquet.")
     cfo_desk_sql_workers: int = Field(default=2, ge=0, le=32, description="Warm SQL worker processes (0: in-process).")
     cfo_desk_sql_memory_gb: float = Field(default=2.0, ge=1, le=1024, description="Address space of one SQL worker, GB.")
+    cfo_desk_ingest_memory_gb: float = Field(default=4.0, ge=0, le=1024, description="Address space of the ingest worker, GB (0: parse in-process, no limit).")
+    cfo_desk_ingest_timeout_s: float = Field(default=300.0, gt=0, description="Seconds one upload's parse may take.")
+    cfo_desk_ingest_max_columns: int = Field(default=1_000, gt=0, description="Columns per uploaded table.")
+    cfo_desk_ingest_max_cells: int = Field(default=30_000_000, gt=0, description="Rows x columns per upload.")
     cfo_desk_request_limit: int = Field(default=25, gt=0, description="Model requests per turn.")
     cfo_desk_tool_calls_limit: int = Field(default=30, gt=0, description="Tool calls per turn.")
     cfo_desk_total_tokens_limit: int = Field(default=1_000_000, gt=0, description="Model tokens (in + out) per turn.")

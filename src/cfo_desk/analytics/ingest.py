@@ -48,19 +48,33 @@ Files that are not UTF-8 (nor UTF-16 with a BOM) are read as Windows-1252, the s
 that Excel writes on Windows (``€`` is byte 0x80): DuckDB's own ``encoding='latin-1'`` rejects bytes
 0x80-0x9F, so the file is transcoded to a temporary UTF-8 copy first and DuckDB parses that copy.
 
-Everything runs on the workspace's writer connection (``store.writer``) and the tables are created
-in one transaction: on any error nothing is left behind and earlier tables survive unchanged.
+**Limits, then a worker process.** Before anything parses a file, `check_limits` refuses files
+over cheap limits (`MAX_COLUMNS` columns per table, `MAX_CELLS` rows x columns per upload, and for
+workbooks the zip parts' decompressed size and compression ratio, the shared strings' declared
+count and each sheet's declared dimension), naming the file, the limit and the value found. The
+parse itself (openpyxl and DuckDB) runs in a worker process (`ingest_worker`) under RLIMIT_AS
+(`CFO_DESK_INGEST_MEMORY_GB`, default 4) and a time limit (`CFO_DESK_INGEST_TIMEOUT_S`, default
+300): a crash or memory error there is an IngestError ("the file needed more than N GB of memory
+to read"), never the app's. The worker writes the tables into a temporary DuckDB file beside the
+workspace's (it needs no lock of the workspace); this process then copies them into the workspace's
+database in one transaction on the workspace's writer connection (``store.writer``): on any error
+nothing is left behind and earlier tables survive unchanged. ``CFO_DESK_INGEST_MEMORY_GB=0`` parses
+in the app process instead (no worker, no OS limit).
 """
 
 from __future__ import annotations
 
 import codecs
+import csv
+import io
+import os
 import datetime as dt
 import math
 import re
 import shutil
 import tempfile
 import unicodedata
+import zipfile
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cache
@@ -78,8 +92,21 @@ NULL_TOKENS = ("", "n/a", "#n/a", "-", "--", "null", "nan")
 MAX_NAME_LENGTH = 60
 DATE_ORDERS = ("DMY", "MDY")
 
+# Limits checked before any parsing (cheaply: zip directory, XML start tags, the CSV's first lines);
+# an upload over one gets an IngestError naming the file, the limit and what was found.
+MAX_COLUMNS = 1_000  # columns per table (CSV header, worksheet dimension); 1,000 took 12 s and 0.55 GB
+MAX_CELLS = 30_000_000  # rows x columns per upload (CSV: lines x header columns; xlsx: declared dimension); 30M took 34 s, 1.6 GB
+MAX_XLSX_UNCOMPRESSED_BYTES = 1 << 30  # sum of the workbook's decompressed zip parts
+MAX_XLSX_RATIO = 100  # decompressed / compressed size of any zip part over 1 MB decompressed
+MAX_SHARED_STRINGS = 5_000_000  # entries in the workbook's shared strings table
+CSV_SAMPLE_BYTES = 1 << 20  # how much of a CSV the column count looks at
+# The parse runs in a worker process (ingest_worker) with these defaults (settings override them):
+INGEST_MEMORY_GB = 4.0  # CFO_DESK_INGEST_MEMORY_GB: address space (RLIMIT_AS) of the worker; 1,000 columns peaked at 3.2 GB (VmPeak)
+INGEST_TIMEOUT_S = 300.0  # CFO_DESK_INGEST_TIMEOUT_S: wall-clock seconds one parse may take
+
 _HEAD_BYTES = 65536
 _MAX_TITLE_ROWS = 5
+_COLUMN_CHUNK = 25  # columns per cleanup / statistics query (see _prepare)
 _WHITESPACE = " \t\r\n\u00a0\ufeff"
 _MONTH_FORMATS = ["%d-%b-%Y", "%d %b %Y", "%b %d, %Y", "%d-%B-%Y", "%d %B %Y", "%B %d, %Y"]
 _STYLES = {"us": (",", "."), "eu": (".", ",")}  # thousands separator, decimal separator
@@ -283,6 +310,12 @@ def _duckdb_message(e: BaseException) -> str:
     if m := re.search(r"Expected Number of Columns: (\d+) Found: (\d+)", str(e)):
         n = re.search(r"Line: (\d+)", line)
         return f"line {n.group(1) if n else '?'} has {m.group(2)} fields, expected {m.group(1)}"
+    if m := re.search(r"Maximum line size of (\d+) bytes exceeded", str(e)):
+        n = re.search(r"CSV Error on Line: (\d+)", str(e))
+        return (
+            f"line {n.group(1) if n else '?'} is longer than {int(m.group(1)):,} bytes, the longest line read"
+            " (an unclosed quote, or not a CSV export?)"
+        )
     if "sniffing file" in first:
         return "could not detect the CSV layout (delimiter and quoting); is it a CSV export?"
     if line:
@@ -700,13 +733,23 @@ def _prepare(con: duckdb.DuckDBPyConnection, src: _Source, k: int, name: str, da
     raw_cols = [d[0] for d in con.execute(f"SELECT * FROM temp.{src.raw} LIMIT 0").description]
     vs = [f"v{j}" for j in range(len(raw_cols))]
     clean = f"temp.cfo_clean_{k}"
-    con.execute(
-        f"CREATE OR REPLACE TEMP TABLE cfo_clean_{k} AS SELECT rowid AS rn, "
-        + ", ".join(f"cfo_clean({quote_ident(r)}) AS {v}" for r, v in zip(raw_cols, vs))
-        + f" FROM temp.{src.raw} ORDER BY rowid"
-    )
-    any_value = "(" + " OR ".join(f"{v} IS NOT NULL" for v in vs) + ")"
-    filled = " + ".join(f"({v} IS NOT NULL)::INT" for v in vs)
+    # In chunks of columns: DuckDB's planning time grows about cubically with the number of macro
+    # expressions in one SELECT (120 columns at once: 6 s; in chunks of 25: 0.4 s).
+    parts = []
+    for c, i in enumerate(range(0, len(vs), _COLUMN_CHUNK)):
+        parts.append(f"temp.cfo_clean_{k}_{c}")
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE cfo_clean_{k}_{c} AS SELECT "
+            + ("rowid AS rn, " if c == 0 else "")
+            + ", ".join(f"cfo_clean({quote_ident(r)}) AS {v}" for r, v in zip(raw_cols[i : i + _COLUMN_CHUNK], vs[i : i + _COLUMN_CHUNK]))
+            + f" FROM temp.{src.raw} ORDER BY rowid"
+        )
+    con.execute(f"CREATE OR REPLACE TEMP TABLE cfo_clean_{k} AS SELECT * FROM {' POSITIONAL JOIN '.join(parts)}")
+    for part in parts:
+        con.execute(f"DROP TABLE {part}")
+    # n-ary forms, not chains of OR / +: a chain of 1,000 terms passes DuckDB's max expression depth.
+    any_value = f"(coalesce({', '.join(vs)}) IS NOT NULL)"
+    filled = f"len(list_filter([{', '.join(vs)}], lambda x: x IS NOT NULL))"
     first = con.execute(
         f"SELECT rn, {filled}, {', '.join(vs)} FROM {clean} WHERE {any_value} ORDER BY rn LIMIT {_MAX_TITLE_ROWS + 1}"
     ).fetchall()
@@ -718,7 +761,7 @@ def _prepare(con: duckdb.DuckDBPyConnection, src: _Source, k: int, name: str, da
     data = f"rn > {int(hdr)} AND {any_value}"
     rows, last = con.execute(f"SELECT count(*), max(rn) FROM {clean} WHERE {data}").fetchone()
 
-    stats = _column_stats(con, vs, clean, data)
+    stats = [st for i in range(0, len(vs), _COLUMN_CHUNK) for st in _column_stats(con, vs[i : i + _COLUMN_CHUNK], clean, data)]
 
     notes = list(src.notes)
     if titles:
@@ -727,9 +770,8 @@ def _prepare(con: duckdb.DuckDBPyConnection, src: _Source, k: int, name: str, da
     named = max(j for j, h in enumerate(header) if h is not None) + 1
     if src.delimiter is not None and any(st["n"] for st in stats[named:]):
         row = con.execute(
-            f"SELECT rn, {', '.join(vs)} FROM {clean} WHERE rn > ? AND ("
-            + " OR ".join(f"{v} IS NOT NULL" for v in vs[named:])
-            + ") ORDER BY rn LIMIT 1",
+            f"SELECT rn, {', '.join(vs)} FROM {clean} WHERE rn > ? AND coalesce({', '.join(vs[named:])}) IS NOT NULL"
+            " ORDER BY rn LIMIT 1",
             [hdr],
         ).fetchone()
         fields = max(j for j, x in enumerate(row[1:]) if x is not None) + 1
@@ -767,6 +809,192 @@ def _prepare(con: duckdb.DuckDBPyConnection, src: _Source, k: int, name: str, da
     return _Prepared(src, select, notes, order, ambiguous)
 
 
+# ----------------------------------------------------------------------------- limits
+
+
+def check_limits(path: Path, original_name: str) -> None:
+    """Refuse a file over a limit before anything parses it; IngestError names the file, the limit
+    and the value found.
+
+    CSV: the header's columns (Python's csv reader over the first `CSV_SAMPLE_BYTES`, for each
+    usual delimiter; the widest reading counts) against `MAX_COLUMNS`, and lines x columns against
+    `MAX_CELLS`. xlsx (zip directory and XML start tags, streamed; no workbook is loaded): the
+    decompressed size of all parts (`MAX_XLSX_UNCOMPRESSED_BYTES`) and of each part relative to its
+    compressed size (`MAX_XLSX_RATIO`), the shared strings' declared count (`MAX_SHARED_STRINGS`), and
+    each worksheet's declared dimension (columns, and rows x columns summed over the sheets).
+    Settings `CFO_DESK_INGEST_MAX_COLUMNS` / `CFO_DESK_INGEST_MAX_CELLS` override the two first.
+    """
+    path = Path(path)
+    ext = _extension(original_name)
+    if ext in CSV_EXTENSIONS:
+        _check_csv(path, original_name)
+    else:
+        _check_xlsx(path, original_name)
+
+
+def _count(n: int) -> str:
+    return f"{n:,}"
+
+
+def _check_csv(path: Path, name: str) -> None:
+    max_columns, max_cells = _limits()
+    encoding = _csv_encoding(path, name)
+    with open(path, "rb") as fh:
+        head = fh.read(CSV_SAMPLE_BYTES)
+    complete = len(head) < CSV_SAMPLE_BYTES
+    text = head.decode("utf-16" if encoding == "utf-16" else "utf-8", errors="replace").lstrip("\ufeff")
+    if not complete:  # only whole lines, unless the first line alone is longer than the sample
+        cut = max(text.rfind("\n"), text.rfind("\r"))
+        if cut > 0:
+            text = text[:cut]
+    width = 0
+    for delimiter in (",", ";", "\t", "|"):
+        try:
+            reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+            for i, row in enumerate(reader):
+                width = max(width, len(row))
+                if i >= 20:
+                    break
+        except csv.Error:
+            continue
+    if width > max_columns:
+        more = "at least " if not complete and "\n" not in text and "\r" not in text else ""
+        raise IngestError(
+            f"{name}: the file has {more}{_count(width)} columns; the limit is {_count(max_columns)} columns per table."
+            " Remove unused columns or split the file."
+        )
+    lines = _line_count(path)
+    if lines * max(width, 1) > max_cells:
+        raise IngestError(
+            f"{name}: the file has about {_count(lines)} rows x {_count(width)} columns = {_count(lines * width)} cells;"
+            f" the limit is {_count(max_cells)} cells per upload. Split the file."
+        )
+
+
+def _line_count(path: Path) -> int:
+    """Line breaks in the file (LF, or CR for old Mac files), +1 for a last line without one."""
+    lf = cr = 0
+    last = b""
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            lf += chunk.count(b"\n")
+            cr += chunk.count(b"\r")
+            last = chunk[-1:]
+    return max(lf, cr) + (1 if last not in (b"\n", b"\r", b"") else 0)
+
+
+_CELL_REF = re.compile(r"^\$?([A-Za-z]{1,3})\$?(\d{1,7})$")
+
+
+def _cell_ref(ref: str) -> tuple[int, int] | None:
+    """'B7' -> (row 7, column 2); None when not a cell reference."""
+    m = _CELL_REF.match(ref.strip())
+    if not m:
+        return None
+    col = 0
+    for ch in m[1].upper():
+        col = col * 26 + ord(ch) - 64
+    return int(m[2]), col
+
+
+def _xml_start(zf: zipfile.ZipFile, info: zipfile.ZipInfo, wanted: str, stop: str | None = None):
+    """The attributes of the first start tag named ``wanted`` (local name) in a zip part, streamed
+    with defusedxml; None when absent (or when ``stop`` comes first)."""
+    from defusedxml.ElementTree import iterparse  # noqa: PLC0415
+
+    with zf.open(info) as fh:
+        for _event, el in iterparse(fh, events=("start",)):
+            local = el.tag.rsplit("}", 1)[-1]
+            if local == wanted:
+                return dict(el.attrib)
+            if stop is not None and local == stop:
+                return None
+    return None
+
+
+def _sheet_names(zf: zipfile.ZipFile) -> dict[str, str]:
+    """{zip part name: worksheet name}, from the workbook part and its relationships (best effort)."""
+    from defusedxml.ElementTree import fromstring  # noqa: PLC0415
+
+    try:
+        rels = fromstring(zf.read("xl/_rels/workbook.xml.rels"))
+        targets = {r.get("Id"): r.get("Target", "") for r in rels}
+        book = fromstring(zf.read("xl/workbook.xml"))
+        out = {}
+        for el in book.iter():
+            if el.tag.rsplit("}", 1)[-1] == "sheet":
+                rid = next((v for k, v in el.attrib.items() if k.rsplit("}", 1)[-1] == "id"), None)
+                target = targets.get(rid, "")
+                part = target.lstrip("/") if target.startswith("/") else "xl/" + target
+                out[os.path.normpath(part).replace(os.sep, "/")] = el.get("name", "")
+        return out
+    except Exception:  # noqa: BLE001 - names only make messages nicer
+        return {}
+
+
+def _check_xlsx(path: Path, name: str) -> None:
+    max_columns, max_cells = _limits()
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise IngestError(f"{name}: the file is not a valid Excel workbook") from e
+    with zf:
+        infos = zf.infolist()
+        total = sum(i.file_size for i in infos)
+        if total > MAX_XLSX_UNCOMPRESSED_BYTES:
+            raise IngestError(
+                f"{name}: the workbook unpacks to {_count(total // 2**20)} MB; the limit is"
+                f" {_count(MAX_XLSX_UNCOMPRESSED_BYTES // 2**20)} MB. Split it or save it as CSV."
+            )
+        for i in infos:
+            ratio = i.file_size / max(i.compress_size, 1)
+            if i.file_size > 1 << 20 and ratio > MAX_XLSX_RATIO:
+                raise IngestError(
+                    f"{name}: the workbook part {i.filename} is compressed {ratio:,.0f} to 1 (it unpacks to"
+                    f" {_count(i.file_size // 2**20)} MB); the limit is {MAX_XLSX_RATIO} to 1, as no real export"
+                    " compresses that well. Save the workbook again in Excel, or as CSV."
+                )
+        try:
+            for i in infos:
+                if i.filename.lower().endswith("sharedstrings.xml"):
+                    attrs = _xml_start(zf, i, "sst") or {}
+                    declared = max(int(attrs.get(k, 0) or 0) for k in ("count", "uniqueCount"))
+                    if declared > MAX_SHARED_STRINGS:
+                        raise IngestError(
+                            f"{name}: the workbook declares {_count(declared)} shared strings; the limit is"
+                            f" {_count(MAX_SHARED_STRINGS)}. Split it or save it as CSV."
+                        )
+            sheets = _sheet_names(zf)
+            cells = 0
+            for i in infos:
+                part = i.filename
+                if not (part.startswith("xl/worksheets/") and part.endswith(".xml")):
+                    continue
+                attrs = _xml_start(zf, i, "dimension", stop="sheetData") or {}
+                refs = [_cell_ref(r) for r in str(attrs.get("ref", "")).split(":")]
+                if not refs or None in refs:
+                    continue
+                rows = refs[-1][0] - refs[0][0] + 1
+                cols = refs[-1][1] - refs[0][1] + 1
+                shown = f"worksheet {sheets[part]!r}" if sheets.get(part) else f"the worksheet part {part}"
+                if cols > max_columns:
+                    raise IngestError(
+                        f"{name}: {shown} declares {_count(cols)} columns ({attrs['ref']}); the limit is"
+                        f" {_count(max_columns)} columns per table. Remove unused columns or save a smaller range."
+                    )
+                cells += rows * cols
+                if cells > max_cells:
+                    raise IngestError(
+                        f"{name}: {shown} declares {_count(rows)} rows x {_count(cols)} columns ({attrs['ref']});"
+                        f" with the other worksheets that is {_count(cells)} cells, and the limit is"
+                        f" {_count(max_cells)} cells per upload. Split the workbook or save a smaller range."
+                    )
+        except IngestError:
+            raise
+        except Exception as e:  # noqa: BLE001 - malformed XML, entities (defusedxml), bad zip members
+            raise IngestError(f"{name}: the file is not a valid Excel workbook ({type(e).__name__})") from e
+
+
 # ----------------------------------------------------------------------------- public API
 
 
@@ -775,12 +1003,19 @@ def sheet_labels(path: Path, original_name: str) -> list[str | None]:
     non-empty worksheets (in workbook order) for .xlsx/.xlsm.
 
     Raises IngestError for an unsupported extension (the message names it), an empty or binary CSV,
-    a workbook that is not a valid xlsx, or one without any non-empty worksheet.
+    a workbook that is not a valid xlsx, or one without any non-empty worksheet, and for a file over
+    one of the limits (`check_limits`). Workbooks are opened in the ingest worker process.
     """
     ext = _extension(original_name)
     if ext in CSV_EXTENSIONS:
         _csv_encoding(Path(path), original_name)
+        check_limits(Path(path), original_name)
         return [None]
+    check_limits(Path(path), original_name)
+    return _run("_sheet_labels_local", {"path": str(path), "original_name": original_name}, original_name)
+
+
+def _sheet_labels_local(path: str, original_name: str) -> list[str | None]:
     wb = _open_workbook(Path(path), original_name)
     try:
         labels = [ws.title for ws in wb.worksheets if _has_value(ws.iter_rows(values_only=True))]
@@ -810,9 +1045,13 @@ def ingest_file(
     ``date_order`` is None to infer (rule in the module docstring) or ``"DMY"``/``"MDY"`` to force the
     order of ambiguous day/month dates (unambiguous columns keep their only possible reading).
 
-    All tables are created in one DuckDB transaction on the workspace's writer connection. Raises
-    IngestError (database unchanged) for unsupported, empty, binary or malformed files, rows with
-    more fields than the header, unknown or empty worksheets; ValueError for bad arguments.
+    First the limits (`check_limits`, no parsing). Then the file is parsed in a worker process
+    under OS limits (`ingest_worker`) into a temporary DuckDB file beside ``db_path``; this process
+    copies the tables from it into ``db_path`` in one transaction on the workspace's writer
+    connection, and removes the temporary file. Raises IngestError (database unchanged) for
+    unsupported, empty, binary or malformed files, rows with more fields than the header, unknown or
+    empty worksheets, files over a limit, and a parse that needed more memory or time than the
+    worker has; ValueError for bad arguments.
     """
     path = Path(path)
     if date_order not in (None, *DATE_ORDERS):
@@ -825,11 +1064,103 @@ def ingest_file(
     is_csv = ext in CSV_EXTENSIONS
     if is_csv and set(table_names) != {None}:
         raise ValueError("for a CSV, table_names must be {None: name}")
+    if not is_csv and None in table_names:
+        raise ValueError("for a workbook, table_names must map worksheet names to table names")
+    check_limits(path, original_name)
+
+    memory_gb, _timeout = _worker_limits()
+    kwargs = {"path": str(path), "original_name": original_name, "table_names": table_names, "date_order": date_order}
+    if memory_gb <= 0:  # no worker: parse in this process (CFO_DESK_INGEST_MEMORY_GB=0)
+        return _ingest_local(db_path=str(db_path), **kwargs)
+    db_path = Path(db_path)
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".cfo_ingest_", dir=db_path.parent) as tmp:
+        staged = Path(tmp) / "staged.duckdb"
+        duckdb_limit = f"{max(0.5, memory_gb * 0.5):g}GB"
+        tables = _run("_ingest_local", kwargs | {"db_path": str(staged), "memory_limit": duckdb_limit}, original_name)
+        _copy_tables(db_path, staged, tables, original_name)
+    return tables
+
+
+def _copy_tables(db_path: Path, staged: Path, tables: list[IngestedTable], original_name: str) -> None:
+    """Copy the staged tables into the workspace's database in one transaction (all or nothing)."""
+    with writer(db_path) as con:
+        con.execute(f"ATTACH {_lit(str(staged))} AS cfo_staged (READ_ONLY)")
+        try:
+            catalog = con.execute("SELECT current_database()").fetchone()[0]
+            con.execute("BEGIN TRANSACTION")
+            try:
+                for t in tables:
+                    target = f"{quote_ident(catalog)}.main.{quote_ident(t.table_name)}"
+                    con.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT * FROM cfo_staged.main.{quote_ident(t.table_name)}")
+                con.execute("COMMIT")
+            except BaseException as e:
+                try:
+                    con.execute("ROLLBACK")
+                except duckdb.Error:
+                    pass
+                if isinstance(e, duckdb.Error):
+                    raise IngestError(f"{original_name}: could not be stored ({_duckdb_message(e)})") from e
+                raise
+        finally:
+            con.execute("DETACH cfo_staged")
+
+
+def _worker_limits() -> tuple[float, float]:
+    """(memory GB, timeout s) of the ingest worker, from the settings (module defaults without)."""
+    try:
+        from cfo_desk.config import get_settings  # noqa: PLC0415
+
+        s = get_settings()
+        return s.cfo_desk_ingest_memory_gb, s.cfo_desk_ingest_timeout_s
+    except Exception:  # noqa: BLE001 - settings that cannot be read: the defaults
+        return INGEST_MEMORY_GB, INGEST_TIMEOUT_S
+
+
+def _limits() -> tuple[int, int]:
+    """(max columns, max cells), from the settings (module constants without)."""
+    try:
+        from cfo_desk.config import get_settings  # noqa: PLC0415
+
+        s = get_settings()
+        return s.cfo_desk_ingest_max_columns, s.cfo_desk_ingest_max_cells
+    except Exception:  # noqa: BLE001
+        return MAX_COLUMNS, MAX_CELLS
+
+
+_IN_WORKER = False  # set in the ingest worker process
+
+
+def _run(func: str, kwargs: dict, original_name: str):
+    """``func`` of this module in the ingest worker (or here when the worker is off or this is it)."""
+    memory_gb, timeout_s = _worker_limits()
+    if _IN_WORKER or memory_gb <= 0:
+        kwargs = {k: v for k, v in kwargs.items() if k != "memory_limit"}
+        return globals()[func](**kwargs)
+    from cfo_desk.analytics import ingest_worker  # noqa: PLC0415
+
+    return ingest_worker.call(f"cfo_desk.analytics.ingest.{func}", kwargs, name=original_name, memory_gb=memory_gb, timeout_s=timeout_s)
+
+
+def _ingest_local(
+    db_path: str,
+    path: str,
+    original_name: str,
+    table_names: dict[str | None, str],
+    date_order: str | None,
+    memory_limit: str | None = None,
+) -> list[IngestedTable]:
+    """The parse and store, in this process (the worker's side of `ingest_file`)."""
+    db_path, path = Path(db_path), Path(path)
+    ext = _extension(original_name)
+    is_csv = ext in CSV_EXTENSIONS
 
     # Workbooks are read before taking the workspace lock: openpyxl is slow and needs no database.
     sheets = [] if is_csv else _read_sheets(path, original_name, table_names)
 
     with writer(db_path) as con, tempfile.TemporaryDirectory(prefix="cfo_ingest_") as tmp:
+        if memory_limit:
+            con.execute(f"SET memory_limit = {_lit(memory_limit)}")
         for macro in _MACROS:
             con.execute(f"CREATE OR REPLACE TEMP MACRO {macro}")
         if is_csv:

@@ -1,0 +1,184 @@
+"""Run one step of ingest (a parse) in a short-lived worker process with OS limits.
+
+A hostile or simply huge upload must not take the app process with it: a 97 KB CSV with 5,000
+columns crashed DuckDB with a segfault, 1,000 columns had DuckDB report 18.8 GiB in use, and
+xlsx bombs passed 6 GB. `call` runs a function of `cfo_desk.analytics.ingest` in a child process
+(the approach of `isolation.py`: `subprocess` fork+exec of `python -m`, so nothing of the app's
+threads or DuckDB state is inherited and the app's `__main__` is not re-imported; a minimal
+environment; a session of its own; pipes):
+
+- **Memory.** The child sets RLIMIT_AS to `CFO_DESK_INGEST_MEMORY_GB` (default 4) and RLIMIT_CORE 0,
+  and DuckDB's own `memory_limit` inside it stays below that (set by ingest). A child that runs out
+  of address space, or dies of a signal (the segfault), gives `IngestError("<file>: the file needed
+  more than N GB of memory to read ...")`.
+- **Time.** RLIMIT_CPU (3 x the wall limit) as a backstop, and the parent kills the child at
+  `CFO_DESK_INGEST_TIMEOUT_S` (default 300): `IngestError("<file>: reading the file took longer
+  than N seconds ...")`.
+- **Results.** The child returns the function's (picklable) result, or re-raises its IngestError
+  / ValueError in the parent. Anything else becomes an IngestError naming the file.
+
+One process per call (ingest is rare, and a fresh process returns all its memory to the system
+when it exits); its start costs about 0.3-0.6 s.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+import resource
+import signal
+import subprocess
+import sys
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from cfo_desk.analytics.isolation import _ENV_KEPT, CHILD_ENV, _is_memory_error
+
+DEFAULT_MEMORY_GB = 4.0
+DEFAULT_TIMEOUT_S = 300.0
+POLL_S = 0.05
+
+
+def memory_message(name: str, gb: float) -> str:
+    return (
+        f"{name}: the file needed more than {gb:g} GB of memory to read and was refused. "
+        "Split it into smaller files, or remove unused columns."
+    )
+
+
+def timeout_message(name: str, timeout_s: float) -> str:
+    return (
+        f"{name}: reading the file took longer than {timeout_s:g} seconds and was stopped. "
+        "Split it into smaller files, or remove unused columns."
+    )
+
+
+# ----------------------------------------------------------------------------------------- child
+
+
+def _child_main(in_fd: int, out_fd: int, memory_bytes: int, cpu_s: int) -> None:
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if memory_bytes > 0:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    if cpu_s > 0:
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 5))
+    inbox = Connection(in_fd, writable=False)
+    outbox = Connection(out_fd, readable=False)
+    func_name, kwargs = inbox.recv()
+    try:
+        from cfo_desk.analytics import ingest  # noqa: PLC0415
+
+        ingest._IN_WORKER = True
+        module_name, _, attr = func_name.rpartition(".")
+        func = getattr(importlib.import_module(module_name), attr)
+        reply: tuple = ("ok", func(**kwargs))
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes a reply
+        reply = _failure(exc)
+    try:
+        outbox.send(reply)
+    except MemoryError:
+        outbox.send(("memory",))
+    except Exception as exc:  # noqa: BLE001 - an unpicklable result
+        outbox.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def _failure(exc: BaseException) -> tuple:
+    from cfo_desk.analytics.ingest import IngestError  # noqa: PLC0415
+
+    if _is_memory_error(exc):
+        return ("memory",)
+    if isinstance(exc, (IngestError, ValueError)):
+        try:
+            return ("raise", pickle.loads(pickle.dumps(exc)))
+        except Exception:  # noqa: BLE001
+            pass
+    return ("error", f"{type(exc).__name__}: {exc}")
+
+
+# ---------------------------------------------------------------------------------------- parent
+
+
+def call(func_name: str, kwargs: dict[str, Any], *, name: str, memory_gb: float, timeout_s: float) -> Any:
+    """`func_name(**kwargs)` (a dotted name in `cfo_desk`) in a fresh child process with the
+    limits above; returns its result. `name` (the uploaded file's name) prefixes the errors."""
+    from cfo_desk.analytics.ingest import IngestError  # noqa: PLC0415
+    import cfo_desk  # noqa: PLC0415
+
+    memory_bytes = int(memory_gb * (1 << 30))
+    p2c_r, p2c_w = os.pipe()
+    c2p_r, c2p_w = os.pipe()
+    root = str(Path(cfo_desk.__file__).resolve().parents[1])
+    env = {k: v for k, v in os.environ.items() if k in _ENV_KEPT or k.startswith("LC_")} | CHILD_ENV
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    cpu_s = int(3 * timeout_s) + 5
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cfo_desk.analytics.ingest_worker", str(p2c_r), str(c2p_w), str(memory_bytes), str(cpu_s)],
+            pass_fds=(p2c_r, c2p_w),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=root,
+            env=env,
+            start_new_session=True,
+        )
+    finally:
+        os.close(p2c_r)
+        os.close(c2p_w)
+    tx = Connection(p2c_w, readable=False)
+    rx = Connection(c2p_r, writable=False)
+    deadline = time.monotonic() + timeout_s
+    reply: tuple | None = None
+    try:
+        tx.send((func_name, kwargs))
+        while reply is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                proc.kill()
+                raise IngestError(timeout_message(name, timeout_s))
+            try:
+                if rx.poll(min(left, 1.0)):
+                    reply = rx.recv()
+                    break
+            except (EOFError, OSError):
+                pass
+            else:
+                if proc.poll() is None:
+                    continue
+            # The pipe closed or the child exited without an answer: it died.
+            try:
+                code = proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                code = proc.wait()
+            if code == -signal.SIGXCPU:
+                raise IngestError(timeout_message(name, timeout_s))
+            if code is not None and code < 0:  # a signal: under RLIMIT_AS, an allocation that failed, or a crash
+                raise IngestError(memory_message(name, memory_gb))
+            raise IngestError(f"{name}: the file could not be read (the reader ended unexpectedly, exit code {code})")
+    except BrokenPipeError:
+        proc.kill()
+        raise IngestError(memory_message(name, memory_gb)) from None
+    finally:
+        if proc.poll() is None:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        tx.close()
+        rx.close()
+    if reply[0] == "ok":
+        return reply[1]
+    if reply[0] == "memory":
+        raise IngestError(memory_message(name, memory_gb))
+    if reply[0] == "raise":
+        raise reply[1]
+    raise IngestError(f"{name}: the file could not be read ({reply[1]})")
+
+
+if __name__ == "__main__":
+    _child_main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
