@@ -24,7 +24,6 @@ when it exits); its start costs about 0.3-0.6 s.
 from __future__ import annotations
 
 import importlib
-import os
 import pickle
 import resource
 import signal
@@ -32,10 +31,9 @@ import subprocess
 import sys
 import time
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
-from cfo_desk.analytics.isolation import _ENV_KEPT, CHILD_ENV, _is_memory_error
+from cfo_desk.analytics.isolation import _is_memory_error, start_child
 
 DEFAULT_MEMORY_GB = 4.0
 DEFAULT_TIMEOUT_S = 300.0
@@ -105,31 +103,10 @@ def call(func_name: str, kwargs: dict[str, Any], *, name: str, memory_gb: float,
     """`func_name(**kwargs)` (a dotted name in `cfo_desk`) in a fresh child process with the
     limits above; returns its result. `name` (the uploaded file's name) prefixes the errors."""
     from cfo_desk.analytics.ingest import IngestError  # noqa: PLC0415
-    import cfo_desk  # noqa: PLC0415
 
     memory_bytes = int(memory_gb * (1 << 30))
-    p2c_r, p2c_w = os.pipe()
-    c2p_r, c2p_w = os.pipe()
-    root = str(Path(cfo_desk.__file__).resolve().parents[1])
-    env = {k: v for k, v in os.environ.items() if k in _ENV_KEPT or k.startswith("LC_")} | CHILD_ENV
-    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     cpu_s = int(3 * timeout_s) + 5
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cfo_desk.analytics.ingest_worker", str(p2c_r), str(c2p_w), str(memory_bytes), str(cpu_s)],
-            pass_fds=(p2c_r, c2p_w),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            cwd=root,
-            env=env,
-            start_new_session=True,
-        )
-    finally:
-        os.close(p2c_r)
-        os.close(c2p_w)
-    tx = Connection(p2c_w, readable=False)
-    rx = Connection(c2p_r, writable=False)
+    proc, tx, rx = start_child("cfo_desk.analytics.ingest_worker", str(memory_bytes), str(cpu_s), stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout_s
     reply: tuple | None = None
     try:

@@ -65,7 +65,6 @@ from cfo_desk.analytics.sandbox import (
     RESULT_ROW_LIMIT,
     ROWS_TO_MODEL,
     QueryError,
-    QueryRefused,
     QueryRun,
     QueryStopped,
     QueryTimeout,
@@ -226,6 +225,36 @@ def _failure(exc: BaseException) -> tuple:
 # ---------------------------------------------------------------------------------------- parent
 
 
+def start_child(module: str, *args: str, stderr: int | None = None) -> tuple[subprocess.Popen, Connection, Connection]:
+    """Start `python -m <module> <p2c_read_fd> <c2p_write_fd> *args` as a child process: fork+exec
+    (no app state inherited), the reduced environment (`_ENV_KEPT` + `CHILD_ENV`, no provider
+    keys), its own session (a Ctrl-C in the app's terminal does not reach it), and two pipes.
+    Returns (process, connection to send on, connection to receive on). Also used by
+    `ingest_worker` for uploads."""
+    import cfo_desk
+
+    p2c_r, p2c_w = os.pipe()
+    c2p_r, c2p_w = os.pipe()
+    root = str(Path(cfo_desk.__file__).resolve().parents[1])
+    env = {k: v for k, v in os.environ.items() if k in _ENV_KEPT or k.startswith("LC_")} | CHILD_ENV
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, str(p2c_r), str(c2p_w), *args],
+            pass_fds=(p2c_r, c2p_w),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            cwd=root,
+            env=env,
+            start_new_session=True,
+        )
+    finally:
+        os.close(p2c_r)
+        os.close(c2p_w)
+    return proc, Connection(p2c_w, readable=False), Connection(c2p_r, writable=False)
+
+
 class _WorkerGone(Exception):
     def __init__(self, returncode: int | None):
         super().__init__(f"worker exited ({returncode})")
@@ -236,28 +265,7 @@ class _Worker:
     """One child process and its two pipe ends."""
 
     def __init__(self, memory_bytes: int):
-        import cfo_desk
-
-        p2c_r, p2c_w = os.pipe()
-        c2p_r, c2p_w = os.pipe()
-        root = str(Path(cfo_desk.__file__).resolve().parents[1])
-        env = {k: v for k, v in os.environ.items() if k in _ENV_KEPT or k.startswith("LC_")} | CHILD_ENV
-        env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cfo_desk.analytics.isolation", str(p2c_r), str(c2p_w), str(memory_bytes)],
-                pass_fds=(p2c_r, c2p_w),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                cwd=root,
-                env=env,
-                start_new_session=True,
-            )
-        finally:
-            os.close(p2c_r)
-            os.close(c2p_w)
-        self.tx = Connection(p2c_w, readable=False)
-        self.rx = Connection(c2p_r, writable=False)
+        self.proc, self.tx, self.rx = start_child("cfo_desk.analytics.isolation", str(memory_bytes))
         self.virt = 0
         self.queries = 0
 
@@ -343,7 +351,6 @@ class SqlWorkerPool:
         return worker
 
     def _take(self, deadline: float, stop: threading.Event | None, timeout_s: float) -> _Worker:
-        start_own = False
         with self._cond:
             while True:
                 if self._closed:
@@ -356,7 +363,6 @@ class SqlWorkerPool:
                     worker.kill()
                 if self._live < self.size:
                     self._live += 1
-                    start_own = True
                     break
                 if stop is not None and stop.is_set():
                     raise QueryStopped("The run was stopped.")
