@@ -73,3 +73,12 @@ def session():
     """A session on the test's store."""
     with session_scope() as s:
         yield s
+
+
+def reap(procs: list) -> None:
+    """Kill and wait for every subprocess still running in `procs` (emptying it): test teardown."""
+    while procs:
+        proc = procs.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from conftest import reap
 
 from cfo_desk.analytics import profile, sandbox, store
 from cfo_desk.config import get_settings
@@ -36,11 +37,7 @@ _spawned: list[subprocess.Popen] = []
 def session(store):
     with session_scope() as s:
         yield s
-    while _spawned:  # no process outlives its test, whatever failed
-        proc = _spawned.pop()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+    reap(_spawned)  # no process outlives its test, whatever failed
 
 
 @pytest.fixture

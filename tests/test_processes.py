@@ -17,6 +17,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from conftest import reap
 from agent_script import sql_script
 from sqlalchemy import text
 from sqlmodel import func, select
@@ -41,11 +42,7 @@ _spawned: list[subprocess.Popen] = []
 def session(store):
     with session_scope() as s:
         yield s
-    while _spawned:  # no process outlives its test, whatever failed
-        proc = _spawned.pop()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+    reap(_spawned)  # no process outlives its test, whatever failed
 
 
 def spawn(*args: str, name: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen:

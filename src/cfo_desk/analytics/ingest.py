@@ -75,6 +75,8 @@ import shutil
 import tempfile
 import unicodedata
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cache
@@ -1088,20 +1090,10 @@ def _copy_tables(db_path: Path, staged: Path, tables: list[IngestedTable], origi
         con.execute(f"ATTACH {_lit(str(staged))} AS cfo_staged (READ_ONLY)")
         try:
             catalog = con.execute("SELECT current_database()").fetchone()[0]
-            con.execute("BEGIN TRANSACTION")
-            try:
+            with _all_or_nothing(con, original_name):
                 for t in tables:
                     target = f"{quote_ident(catalog)}.main.{quote_ident(t.table_name)}"
                     con.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT * FROM cfo_staged.main.{quote_ident(t.table_name)}")
-                con.execute("COMMIT")
-            except BaseException as e:
-                try:
-                    con.execute("ROLLBACK")
-                except duckdb.Error:
-                    pass
-                if isinstance(e, duckdb.Error):
-                    raise IngestError(f"{original_name}: could not be stored ({_duckdb_message(e)})") from e
-                raise
         finally:
             con.execute("DETACH cfo_staged")
 
@@ -1142,6 +1134,24 @@ def _run(func: str, kwargs: dict, original_name: str):
     return ingest_worker.call(f"cfo_desk.analytics.ingest.{func}", kwargs, name=original_name, memory_gb=memory_gb, timeout_s=timeout_s)
 
 
+@contextmanager
+def _all_or_nothing(con: duckdb.DuckDBPyConnection, original_name: str) -> Iterator[None]:
+    """One DuckDB transaction: committed when the block ends, rolled back on any exception; a
+    DuckDB error becomes an IngestError naming the file."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+        con.execute("COMMIT")
+    except BaseException as e:
+        try:
+            con.execute("ROLLBACK")
+        except duckdb.Error:
+            pass
+        if isinstance(e, duckdb.Error):
+            raise IngestError(f"{original_name}: could not be stored ({_duckdb_message(e)})") from e
+        raise
+
+
 def _ingest_local(
     db_path: str,
     path: str,
@@ -1174,8 +1184,7 @@ def _ingest_local(
 
         catalog = con.execute("SELECT current_database()").fetchone()[0]
         results: list[IngestedTable] = []
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with _all_or_nothing(con, original_name):
             for p in prepared:
                 target = f"{quote_ident(catalog)}.main.{quote_ident(p.source.table_name)}"
                 con.execute(f"CREATE OR REPLACE TABLE {target} AS {p.select_sql}")
@@ -1192,13 +1201,4 @@ def _ingest_local(
                 results.append(
                     IngestedTable(src.table_name, src.label, count, columns, p.notes, p.date_order, p.ambiguous)
                 )
-            con.execute("COMMIT")
-        except BaseException as e:
-            try:
-                con.execute("ROLLBACK")
-            except duckdb.Error:
-                pass
-            if isinstance(e, duckdb.Error):
-                raise IngestError(f"{original_name}: could not be stored ({_duckdb_message(e)})") from e
-            raise
     return results
