@@ -10,6 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import duckdb
+import openpyxl
 import pytest
 from messy_files import CSV, late_na_csv, write_csv, write_xlsx
 
@@ -441,3 +442,111 @@ def test_ingest_waits_for_the_workspace_lock(tmp_path):
         assert not done.is_set()  # blocked while an agent connection holds the workspace
     worker.join(10)
     assert done.is_set() and query(db, "SELECT count(*) FROM t") == [(3,)]
+
+
+# ----------------------------------------------------------------------------- what ingest says
+
+
+def test_mixed_utf8_and_windows_1252_lines_are_each_read_right(tmp_path):
+    data = (
+        "name,city,amount\n".encode()
+        + "José,São Paulo,10\n".encode()
+        + "Zoë,Genève,20\n".encode("cp1252")  # a line appended by a Windows tool
+        + "Ann,Köln,30\n".encode()
+        + "Müller,Zürich,40\n".encode("cp1252")
+    )
+    r = ingest_csv(tmp_path, "mixed.csv", data)
+    db = tmp_path / "ws.duckdb"
+    assert column(db, "t", "name") == ["José", "Zoë", "Ann", "Müller"]  # no "JosÃ©"
+    assert column(db, "t", "city") == ["São Paulo", "Genève", "Köln", "Zürich"]
+    assert [n for n in r.notes if "encoding" in n.lower()] == [
+        "Mixed encodings: 2 lines (3, 5) are not UTF-8 and were read as Windows-1252 / latin-1;"
+        " the rest of the file is UTF-8. Check accented names on those lines"
+    ]
+
+
+def test_mixed_encoding_line_numbers_hold_across_blocks(tmp_path):
+    # Over 4 MB of UTF-8 lines (blocks of whole lines are decoded at once), then one cp1252 line.
+    body = b"".join(f"Café {i},{i}\n".encode() for i in range(400_000))
+    data = b"name,amount\n" + body + "Zoë,1\n".encode("cp1252") + body[:2000]
+    bad_line = 1 + 400_000 + 1
+    r = ingest_csv(tmp_path, "big_mixed.csv", data)
+    assert f"Mixed encodings: 1 line ({bad_line}) is not UTF-8" in " ".join(r.notes)
+    assert query(tmp_path / "ws.duckdb", f"SELECT name FROM t WHERE rowid = {bad_line - 2}") == [("Zoë",)]
+
+
+def test_unbalanced_quote_is_read_without_quoting_and_said(tmp_path):
+    data = b'id,name,amount\n1,Acme,100\n2,"Beta Corp,200\n3,Gamma,300\n'
+    r = ingest_csv(tmp_path, "quote.csv", data)
+    db = tmp_path / "ws.duckdb"
+    assert query(db, "SELECT * FROM t") == [(1, "Acme", 100), (2, '"Beta Corp', 200), (3, "Gamma", 300)]
+    assert r.notes == [
+        'Line 3 opens a quote (") that is never closed, so the file was read without quoting:'
+        " quote characters are kept in the values. Check that line in the file"
+    ]
+    # Balanced quotes, and quotes inside a value, are plain CSV: no note.
+    assert ingest_csv(tmp_path, "fine.csv", b'id,name\n1,"Acme, Inc."\n2,Big "B" Co\n').notes == []
+
+
+def test_unbalanced_quote_that_splits_a_quoted_value_names_the_line(tmp_path):
+    data = b'id,name,amount\n1,"Acme, Inc.",100\n2,"Beta,200\n3,Gamma,300\n'
+    with pytest.raises(IngestError, match=r"Line 3 opens a quote that is never closed"):
+        ingest_csv(tmp_path, "split.csv", data)
+    assert not (tmp_path / "ws.duckdb").exists() or query(tmp_path / "ws.duckdb", "SELECT count(*) FROM duckdb_tables()") == [(0,)]
+
+
+def hidden_workbook(path: Path) -> Path:
+    wb = openpyxl.Workbook()
+    wb.active.title = "Data"
+    wb.active.append(["month", "revenue"])
+    wb.active.append(["2024-01-01", 100])
+    for title, state in (("Lookup", "hidden"), ("Secret", "veryHidden"), ("Blank", "hidden")):
+        ws = wb.create_sheet(title)
+        if title != "Blank":
+            ws.append(["code", "rate"])
+            ws.append(["A", 0.5])
+        ws.sheet_state = state
+    wb.save(path)
+    return path
+
+
+def test_hidden_worksheets_are_skipped_by_default_and_said(tmp_path):
+    path = hidden_workbook(tmp_path / "book.xlsx")
+    assert sheet_labels(path, "book.xlsx") == ["Data"]
+    [r] = ingest_file(tmp_path / "ws.duckdb", path, original_name="book.xlsx", table_names={"Data": "data"})
+    assert r.notes == [
+        "Skipped hidden worksheets 'Lookup' (hidden), 'Secret' (very hidden):"
+        " hidden sheets are not loaded unless the upload includes them"
+    ]
+    assert query(tmp_path / "ws.duckdb", "SELECT table_name FROM duckdb_tables()") == [("data",)]
+
+
+def test_hidden_worksheets_load_when_included(session, tmp_path):
+    from cfo_desk.services import datasets as ds_svc  # noqa: PLC0415
+    from cfo_desk.services import workspaces as ws_svc  # noqa: PLC0415
+
+    ws = ws_svc.create_workspace(session=session, name="Hidden")
+    data = hidden_workbook(tmp_path / "book.xlsx").read_bytes()
+    (only,) = ds_svc.upload_file(session=session, workspace_id=ws.id, filename="book.xlsx", data=data)
+    assert only.sheet_name == "Data" and "Skipped hidden worksheets" in only.notes[0]
+    made = ds_svc.upload_file(
+        session=session, workspace_id=ws.id, filename="book.xlsx", data=data, on_conflict="replace", include_hidden_sheets=True
+    )
+    assert {d.sheet_name: d.notes for d in made} == {
+        "Data": [],
+        "Lookup": ["Worksheet 'Lookup' is hidden in the workbook; it was loaded because hidden worksheets were included"],
+        "Secret": ["Worksheet 'Secret' is very hidden in the workbook; it was loaded because hidden worksheets were included"],
+    }
+
+
+def test_a_workbook_whose_data_is_all_hidden_says_so(tmp_path):
+    wb = openpyxl.Workbook()
+    wb.active.title = "Cover"  # empty
+    ws = wb.create_sheet("Numbers")
+    ws.append(["a"])
+    ws.append([1])
+    ws.sheet_state = "hidden"
+    wb.save(tmp_path / "all_hidden.xlsx")
+    with pytest.raises(IngestError, match=r"all_hidden.xlsx: every non-empty worksheet is hidden \('Numbers'\)"):
+        sheet_labels(tmp_path / "all_hidden.xlsx", "all_hidden.xlsx")
+    assert sheet_labels(tmp_path / "all_hidden.xlsx", "all_hidden.xlsx", include_hidden=True) == ["Numbers"]

@@ -71,7 +71,6 @@ import os
 import datetime as dt
 import math
 import re
-import shutil
 import tempfile
 import unicodedata
 import zipfile
@@ -340,6 +339,7 @@ class _Source:
     table_name: str
     notes: list[str]
     delimiter: str | None = None  # CSV only
+    unclosed_quote_line: int | None = None  # CSV only: where a quote opens and never closes
 
 
 def _load_csv(con: duckdb.DuckDBPyConnection, path: Path, name: str, ext: str, table: str, tmp: Path) -> _Source:
@@ -359,20 +359,102 @@ def _load_csv(con: duckdb.DuckDBPyConnection, path: Path, name: str, ext: str, t
     for attempt in (1, 2):
         try:
             con.execute(f"CREATE OR REPLACE TEMP TABLE cfo_raw_0 AS SELECT * FROM read_csv(?, {opts})", [str(src)])
-            dialect = con.execute(f"SELECT Delimiter FROM sniff_csv(?, {opts})", [str(src)]).fetchone()
+            delimiter, quote = con.execute(f"SELECT Delimiter, Quote FROM sniff_csv(?, {opts})", [str(src)]).fetchone()
             break
         except duckdb.Error as e:
             if attempt == 1 and encoding == "utf-8" and "not utf-8 encoded" in str(e).lower():
                 src = tmp / "transcoded.csv"
-                with (
-                    open(path, encoding="cp1252", errors="cfo_latin1", newline="") as fi,
-                    open(src, "w", encoding="utf-8", newline="") as fo,
-                ):
-                    shutil.copyfileobj(fi, fo)
-                notes.append("Read as Windows-1252 / latin-1 (the file is not UTF-8)")
+                notes.append(_transcode(path, src))
                 continue
             raise IngestError(f"{name}: {_duckdb_message(e)}") from e
-    return _Source("cfo_raw_0", None, table, notes, dialect[0])
+    unclosed = None
+    if quote in ("", "(empty)") and _contains(src, b'"'):
+        unclosed = _unclosed_quote_line(src, delimiter)
+        if unclosed:
+            notes.append(
+                f'Line {unclosed} opens a quote (") that is never closed, so the file was read without quoting:'
+                " quote characters are kept in the values. Check that line in the file"
+            )
+    return _Source("cfo_raw_0", None, table, notes, delimiter, unclosed)
+
+
+def _transcode(path: Path, dest: Path) -> str:
+    """Copy a file that is not all UTF-8 to ``dest`` as UTF-8; returns the note saying what was done.
+
+    Decided per line: a line that is valid UTF-8 stays as it is, any other line is read as
+    Windows-1252 (bytes it leaves undefined as latin-1). So a file that is all Windows-1252 reads
+    right, and so does one that mixes UTF-8 lines with Windows-1252 ones (an export appended to by
+    two systems), instead of turning "José" into "JosÃ©". The work goes in blocks of whole lines:
+    a block that is valid UTF-8 is copied in one go, so the per-line decode runs only where needed.
+    Line numbers count physical lines (1 = the first line of the file).
+    """
+    recoded: list[int] = []
+    utf8_seen = False
+    line_no = 0
+    with open(path, "rb") as fi, open(dest, "wb") as fo:
+        rest = b""
+        while True:
+            block = fi.read(1 << 22)
+            data = rest + block
+            if block:
+                cut = data.rfind(b"\n") + 1
+                if cut == 0:  # no line end yet: keep reading (bounded by the upload size)
+                    rest = data
+                    continue
+                data, rest = data[:cut], data[cut:]
+            if not data:
+                break
+            try:
+                data.decode("utf-8")
+                utf8_seen = utf8_seen or not data.isascii()
+                fo.write(data)
+                line_no += data.count(b"\n")
+            except UnicodeDecodeError:
+                for line in data.splitlines(keepends=True):
+                    line_no += 1
+                    try:
+                        line.decode("utf-8")
+                        utf8_seen = utf8_seen or not line.isascii()
+                        fo.write(line)
+                    except UnicodeDecodeError:
+                        recoded.append(line_no)
+                        fo.write(line.decode("cp1252", errors="cfo_latin1").encode("utf-8"))
+            if not block:
+                break
+    if not utf8_seen:
+        return "Read as Windows-1252 / latin-1 (the file is not UTF-8)"
+    shown = ", ".join(map(str, recoded[:5])) + (", …" if len(recoded) > 5 else "")
+    lines = f"{len(recoded)} lines" if len(recoded) > 1 else "1 line"
+    return (
+        f"Mixed encodings: {lines} ({shown}) {'are' if len(recoded) > 1 else 'is'} not UTF-8 and {'were' if len(recoded) > 1 else 'was'}"
+        " read as Windows-1252 / latin-1; the rest of the file is UTF-8. Check accented names on those lines"
+    )
+
+
+def _contains(path: Path, needle: bytes) -> bool:
+    """Whether the file holds the byte string ``needle`` (of one byte: blocks never split it)."""
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            if needle in block:
+                return True
+    return False
+
+
+def _unclosed_quote_line(path: Path, delimiter: str) -> int | None:
+    """The line where a quoted field opens and the file ends before it closes, or None.
+
+    Read with Python's csv module (double quotes): DuckDB's sniffer, meeting such a quote, turns
+    quoting off without saying where; csv says where the failing record began.
+    """
+    with open(path, encoding="utf-8", errors="replace", newline="") as fh:
+        reader = csv.reader(fh, delimiter=delimiter if len(delimiter) == 1 else ",", quotechar='"', strict=True)
+        start = 1
+        try:
+            for _ in reader:
+                start = reader.line_num + 1
+        except csv.Error as e:
+            return start if "end of data" in str(e) else None
+    return None
 
 
 def _cell_text(v: object) -> str | None:
@@ -418,13 +500,27 @@ def _has_value(rows) -> bool:
     return any(v is not None and (not isinstance(v, str) or v.strip()) for row in rows for v in row)
 
 
+def _hidden(ws) -> str | None:
+    """'hidden' or 'very hidden' for a worksheet the workbook hides, else None."""
+    return {"hidden": "hidden", "veryHidden": "very hidden"}.get(ws.sheet_state)
+
+
 def _read_sheets(path: Path, name: str, table_names: dict[str | None, str]) -> list[tuple[str, str, list, list[str]]]:
-    """(label, table name, rows of cell texts, warnings) for each requested worksheet, in request order."""
+    """(label, table name, rows of cell texts, notes) for each requested worksheet, in request order.
+
+    Each table's notes name the workbook's non-empty hidden worksheets that were not requested (skipped), and
+    say so when the table's own worksheet is hidden (requested on purpose).
+    """
     if None in table_names:
         raise ValueError("for a workbook, table_names must map worksheet names to table names")
     wb = _open_workbook(path, name)
     try:
         sheets = {ws.title: ws for ws in wb.worksheets}
+        skipped = [
+            f"{t!r} ({_hidden(ws)})"
+            for t, ws in sheets.items()
+            if _hidden(ws) and t not in table_names and _has_value(ws.iter_rows(values_only=True))
+        ]
         out = []
         for label, table in table_names.items():
             if label not in sheets:
@@ -434,7 +530,15 @@ def _read_sheets(path: Path, name: str, table_names: dict[str | None, str]) -> l
                 if not any(_has_value(ws.iter_rows(values_only=True)) for ws in wb.worksheets):
                     raise IngestError(f"{name}: the workbook has no non-empty worksheet")
                 raise IngestError(f"{name}: worksheet {label!r} is empty")
-            out.append((label, table, rows, _sheet_warnings(path, label, rows)))
+            notes = []
+            if state := _hidden(sheets[label]):
+                notes.append(f"Worksheet {label!r} is {state} in the workbook; it was loaded because hidden worksheets were included")
+            if skipped:
+                notes.append(
+                    f"Skipped hidden worksheet{'s' * (len(skipped) > 1)} {', '.join(skipped)}: hidden sheets are not loaded"
+                    " unless the upload includes them"
+                )
+            out.append((label, table, rows, notes + _sheet_warnings(path, label, rows)))
         return out
     finally:
         wb.close()
@@ -781,6 +885,11 @@ def _prepare(con: duckdb.DuckDBPyConnection, src: _Source, k: int, name: str, da
             f"{name}: row {row[0] + 1} has {fields} fields but the header names only {named} columns"
             f" (the row starts {row[1]!r}); a value probably contains an unquoted {src.delimiter!r}."
             " Quote that value or fix the header, then upload again."
+            + (
+                f' (Line {src.unclosed_quote_line} opens a quote that is never closed, so quoting was off for the whole file.)'
+                if src.unclosed_quote_line
+                else ""
+            )
         )
     keep = [j for j in range(len(vs)) if header[j] is not None or stats[j]["n"]]
     if dropped := len(vs) - len(keep):
@@ -1000,13 +1109,16 @@ def _check_xlsx(path: Path, name: str) -> None:
 # ----------------------------------------------------------------------------- public API
 
 
-def sheet_labels(path: Path, original_name: str) -> list[str | None]:
+def sheet_labels(path: Path, original_name: str, *, include_hidden: bool = False) -> list[str | None]:
     """The tables a file will produce: ``[None]`` for a CSV (.csv/.tsv/.txt), the names of the
-    non-empty worksheets (in workbook order) for .xlsx/.xlsm.
+    non-empty worksheets (in workbook order) for .xlsx/.xlsm. Worksheets the workbook hides
+    (hidden or very hidden) are left out unless ``include_hidden``; `ingest_file` then names them
+    in each table's notes.
 
     Raises IngestError for an unsupported extension (the message names it), an empty or binary CSV,
-    a workbook that is not a valid xlsx, or one without any non-empty worksheet, and for a file over
-    one of the limits (`check_limits`). Workbooks are opened in the ingest worker process.
+    a workbook that is not a valid xlsx, one without any non-empty worksheet, or one whose only
+    non-empty worksheets are hidden (without ``include_hidden``; the message names them), and for a
+    file over one of the limits (`check_limits`). Workbooks are opened in the ingest worker process.
     """
     ext = _extension(original_name)
     if ext in CSV_EXTENSIONS:
@@ -1014,19 +1126,27 @@ def sheet_labels(path: Path, original_name: str) -> list[str | None]:
         check_limits(Path(path), original_name)
         return [None]
     check_limits(Path(path), original_name)
-    return _run("_sheet_labels_local", {"path": str(path), "original_name": original_name}, original_name)
+    kwargs = {"path": str(path), "original_name": original_name, "include_hidden": include_hidden}
+    return _run("_sheet_labels_local", kwargs, original_name)
 
 
-def _sheet_labels_local(path: str, original_name: str) -> list[str | None]:
+def _sheet_labels_local(path: str, original_name: str, include_hidden: bool = False) -> list[str | None]:
     wb = _open_workbook(Path(path), original_name)
     try:
-        labels = [ws.title for ws in wb.worksheets if _has_value(ws.iter_rows(values_only=True))]
+        found = [(ws.title, _hidden(ws)) for ws in wb.worksheets if _has_value(ws.iter_rows(values_only=True))]
     except Exception as e:
         raise IngestError(f"{original_name}: the workbook cannot be read ({e})") from e
     finally:
         wb.close()
-    if not labels:
+    if not found:
         raise IngestError(f"{original_name}: the workbook has no non-empty worksheet")
+    labels = [t for t, hidden in found if include_hidden or not hidden]
+    if not labels:
+        shown = ", ".join(repr(t) for t, _ in found)
+        raise IngestError(
+            f"{original_name}: every non-empty worksheet is hidden ({shown}); unhide one in Excel, or include"
+            " hidden worksheets in the upload"
+        )
     return labels
 
 

@@ -92,13 +92,15 @@ def upload_file(
     data: bytes,
     on_conflict: OnConflict = "ask",
     date_order: str | None = None,
+    include_hidden_sheets: bool = False,
 ) -> list[Dataset]:
     """Keep and ingest one uploaded file; returns its datasets (one per CSV, one per worksheet).
 
     on_conflict: when datasets from a file of the same name exist, "ask" raises DuplicateUpload,
     "replace" re-uses the table names of the newest of them per worksheet (and drops their tables
     the new file no longer has; older copies kept with "keep both" stay),
-    "keep_both" ingests beside them under new names. Raises InvalidInput for empty or oversized
+    "keep_both" ingests beside them under new names. Worksheets a workbook hides are skipped (and
+    named in the notes) unless ``include_hidden_sheets``. Raises InvalidInput for empty or oversized
     files and ingest.IngestError (file name + problem) for files that can't be read.
     """
     ws = get_workspace(session=session, workspace_id=workspace_id)
@@ -118,7 +120,7 @@ def upload_file(
         if existing and on_conflict == "ask":
             raise DuplicateUpload(original, existing)
         replacing = replace_targets(existing) if on_conflict == "replace" else []
-        return _upload_locked(session, ws, original, data, replacing, date_order)
+        return _upload_locked(session, ws, original, data, replacing, date_order, include_hidden_sheets)
 
 
 @contextmanager
@@ -135,7 +137,9 @@ def _holding_writer(db_path: Path) -> Iterator[None]:
         yield
 
 
-def _upload_locked(session: Session, ws, original: str, data: bytes, replacing: list[Dataset], date_order: str | None) -> list[Dataset]:
+def _upload_locked(
+    session: Session, ws, original: str, data: bytes, replacing: list[Dataset], date_order: str | None, include_hidden: bool
+) -> list[Dataset]:
     sha = hashlib.sha256(data).hexdigest()
     rel = f"uploads/{sha[:12]}-{_safe_filename(original)}"
     folder = workspace_dir(ws.key)
@@ -143,7 +147,7 @@ def _upload_locked(session: Session, ws, original: str, data: bytes, replacing: 
     was_there = kept.exists()
     write_atomic(kept, data)
     try:
-        labels = ingest.sheet_labels(kept, original)
+        labels = ingest.sheet_labels(kept, original, include_hidden=include_hidden)
         old_by_label = {d.sheet_name: d for d in replacing}
         taken = {d.table_name for d in list_datasets(session=session, workspace_id=ws.id)} - {d.table_name for d in replacing}
         table_names: dict[str | None, str] = {}
