@@ -7,6 +7,9 @@
 4-6. Background runs (benchmarks/runs.py): per-turn overhead of the queue/lease/worker path vs
    running the turn in the script; 10 threads asking at once at 4 vs 10 runs per process (wall
    time vs ideal, peak RSS); per-turn time at thread depth 1 vs 50.
+7-9. Uploads (benchmarks/ingest.py): ingest in its worker vs in-process (200,000 and 1,000 rows);
+   ours vs DuckDB read_csv vs pandas on 1,000,000-row clean and messy CSVs (time, peak RSS, each in
+   a fresh process); a ~1 GB CSV only with BENCH_BIG=1.
 """
 
 from __future__ import annotations
@@ -83,6 +86,10 @@ def main() -> None:
     import isolation  # benchmarks/isolation.py: agent SQL in a worker process vs in-process
 
     isolation.main()
+
+    import ingest as ingest_bench  # benchmarks/ingest.py: uploads in the worker vs in-process, vs DuckDB and pandas (fresh processes)
+
+    ingest_bench.main()
 
 
 if __name__ == "__main__":
