@@ -550,3 +550,30 @@ def test_a_workbook_whose_data_is_all_hidden_says_so(tmp_path):
     with pytest.raises(IngestError, match=r"all_hidden.xlsx: every non-empty worksheet is hidden \('Numbers'\)"):
         sheet_labels(tmp_path / "all_hidden.xlsx", "all_hidden.xlsx")
     assert sheet_labels(tmp_path / "all_hidden.xlsx", "all_hidden.xlsx", include_hidden=True) == ["Numbers"]
+
+
+def test_types_are_tried_on_a_sample_and_checked_over_every_row(tmp_path):
+    """Past SAMPLE_ROWS, later rows still decide: a late value that breaks a column's format keeps
+    it as text (said, with the count), a late decimal widens whole numbers, a late day above 12
+    settles the date order, and a column empty in the sample is typed from its later values."""
+    n = ingest.SAMPLE_ROWS + 5_000
+    lines = ["id,amount,qty,booked,late,code"]
+    for i in range(n):
+        amount = "oops" if i in (n - 3, n - 1) else f"{i}.50"
+        qty = "2.25" if i == n - 2 else str(i % 7)
+        booked = "13/02/2024" if i == n - 1 else f"0{1 + i % 9}/0{1 + i % 9}/2024"
+        late = f"{i}.5" if i >= ingest.SAMPLE_ROWS else ""
+        lines.append(f"{i},{amount},{qty},{booked},{late},C{i:06d}")
+    r = ingest_csv(tmp_path, "long.csv", ("\n".join(lines) + "\n").encode())
+    assert r.row_count == n
+    assert types(tmp_path / "ws.duckdb", "t") == {
+        "id": "BIGINT", "amount": "VARCHAR", "qty": "DECIMAL(18,2)", "booked": "DATE", "late": "DECIMAL(18,2)", "code": "VARCHAR"
+    }
+    assert (
+        f"Column 'amount' holds numbers in its first {ingest.SAMPLE_ROWS:,} rows, but 2 later values do not fit;"
+        " the column is kept as text"
+    ) in r.notes
+    assert r.date_order is None  # 13/02 makes booked day-first: nothing was assumed
+    db = tmp_path / "ws.duckdb"
+    assert query(db, f"SELECT amount, qty, booked FROM t WHERE id = {n - 1}") == [("oops", DEC("2.00"), D(2024, 2, 13))]
+    assert query(db, "SELECT booked FROM t WHERE id = 1") == [(D(2024, 2, 2),)]
