@@ -41,6 +41,11 @@ QUERY_TIMEOUT_S = 30.0
 ROWS_TO_MODEL = 200
 RESULT_ROW_LIMIT = 1_000_000
 ARROW_BATCH_ROWS = 10_000
+ROW_GROUP_ROWS = 131_072
+"""Rows per Parquet row group of a kept result (8 groups for 1M rows, like DuckDB's own export).
+One group per 10k-row Arrow batch made 100 groups per 1M rows, 3x slower to read back."""
+ROW_GROUP_BYTES = 64 * 1024 * 1024
+"""A row group is also written once its buffered batches pass this many bytes (wide results)."""
 MAX_SQL_CHARS = 20_000
 
 # Named limits on what reaches the model (Datasette-style). Lengths are in characters of the JSON
@@ -458,6 +463,8 @@ def run_query(
             columns = [{"name": n, "type": str(t)} for n, t in zip(names, relation.types)]
             reader = relation.to_arrow_reader(ARROW_BATCH_ROWS)
             kept, truncated, head, head_chars, head_full = 0, False, [], 0, False
+            pending: list[pa.RecordBatch] = []  # batches buffered into one row group
+            pending_rows = pending_bytes = 0
             for batch in reader:
                 batch = _storable(pa.RecordBatch.from_arrays(batch.columns, names=names))
                 if writer is None:
@@ -466,7 +473,12 @@ def run_query(
                 if batch.num_rows > room:
                     batch, truncated = batch.slice(0, room), True
                 if batch.num_rows:
-                    writer.write_batch(batch)
+                    pending.append(batch)
+                    pending_rows += batch.num_rows
+                    pending_bytes += batch.nbytes
+                    if pending_rows >= ROW_GROUP_ROWS or pending_bytes >= ROW_GROUP_BYTES:
+                        _write_group(writer, pending)
+                        pending, pending_rows, pending_bytes = [], 0, 0
                     kept += batch.num_rows
                     if not head_full and len(head) < rows_to_model:
                         part = batch.slice(0, rows_to_model - len(head))
@@ -479,6 +491,8 @@ def run_query(
                             head.append(cells)
                 if truncated:
                     break
+            if pending:
+                _write_group(writer, pending)
             if writer is None:  # no batch at all: an empty result still gets its (empty) file
                 writer = pq.ParquetWriter(parquet_path, pa.schema([(n, pa.string()) for n in names]))
             writer.close()
@@ -519,6 +533,12 @@ def run_query(
     if truncated:
         notes.append(f"Only the first {result_row_limit:,} rows were kept.")
     return QueryRun(columns, head, kept, truncated, tables, duration, parquet_path, notes, provenance)
+
+
+def _write_group(writer: pq.ParquetWriter, batches: list[pa.RecordBatch]) -> None:
+    """Write buffered batches as one row group (a batch per `write_batch` would make one group each)."""
+    table = pa.Table.from_batches(batches)
+    writer.write_table(table, row_group_size=max(table.num_rows, 1))
 
 
 def read_result(parquet_path: Path) -> pa.Table:
