@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import pandas as pd
-from sqlmodel import Session, select
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sqlmodel import Session, func, select
 
 from cfo_desk.analytics.sandbox import read_result
 from cfo_desk.services.errors import NotFound
+from cfo_desk.services.session import open_session
 from cfo_desk.storage.files import workspace_dir
 from cfo_desk.storage.models import Artifact, Message, Workspace
 
-# OWASP CSV injection: a cell starting with one of these is read as a formula by spreadsheets.
-__all__ = ["Artifact", "artifacts_by_message", "get_artifact", "list_artifacts", "questions_for", "result_frame", "to_safe_csv"]
+__all__ = [
+    "Artifact", "artifacts_by_message", "count_artifacts", "get_artifact", "list_artifacts", "questions_for",
+    "result_csv", "result_frame", "result_head", "to_safe_csv",
+]
 
+# OWASP CSV injection: a cell starting with one of these is read as a formula by spreadsheets.
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -29,10 +36,16 @@ def artifacts_by_message(*, session: Session, message_ids: Iterable[int]) -> dic
     return out
 
 
-def list_artifacts(*, session: Session, workspace_id: int) -> list[Artifact]:
-    """All artifacts of a workspace, newest first."""
-    stmt = select(Artifact).where(Artifact.workspace_id == workspace_id).order_by(Artifact.id.desc())
+def list_artifacts(*, session: Session, workspace_id: int, limit: int | None = None, offset: int = 0) -> list[Artifact]:
+    """The artifacts of a workspace, newest first: all of them, or `limit` after skipping `offset`
+    (a page)."""
+    stmt = select(Artifact).where(Artifact.workspace_id == workspace_id).order_by(Artifact.id.desc()).offset(offset).limit(limit)
     return list(session.exec(stmt))
+
+
+def count_artifacts(*, session: Session, workspace_id: int) -> int:
+    """How many artifacts a workspace has (one COUNT query)."""
+    return session.exec(select(func.count()).select_from(Artifact).where(Artifact.workspace_id == workspace_id)).one()
 
 
 def questions_for(*, session: Session, artifacts: Iterable[Artifact]) -> dict[int, str]:
@@ -51,13 +64,44 @@ def get_artifact(*, session: Session, artifact_id: int) -> Artifact:
     return art
 
 
-def result_frame(*, session: Session, artifact: Artifact) -> pd.DataFrame:
-    """A query result's rows as a DataFrame (all kept rows). Raises NotFound if its file is gone."""
+def _result_path(session: Session, artifact: Artifact) -> Path:
+    """The artifact's Parquet file; raises NotFound if it is gone."""
     ws = session.get(Workspace, artifact.workspace_id)
     path = workspace_dir(ws.key) / artifact.file_path
     if not path.exists():
         raise NotFound(f"The result file of {artifact.handle} is missing from the workspace folder.")
-    return read_result(path).to_pandas()
+    return path
+
+
+def result_frame(*, session: Session, artifact: Artifact) -> pd.DataFrame:
+    """A query result's rows as a DataFrame (all kept rows, up to 1,000,000: tens of MB; pages
+    show `result_head` instead). Raises NotFound if its file is gone."""
+    return read_result(_result_path(session, artifact)).to_pandas()
+
+
+def result_head(*, session: Session, artifact: Artifact, rows: int) -> pd.DataFrame:
+    """The first `rows` rows of a query result (fewer if it has fewer), with all its columns and
+    the same dtypes as `result_frame`. Reads only the start of the Parquet file (its first row
+    group), never the whole result; `artifact.row_count` says how many rows there are in all.
+    Raises NotFound if the file is gone, ValueError for rows < 1, pyarrow errors if it is unreadable."""
+    if rows < 1:
+        raise ValueError("rows must be at least 1")
+    with pq.ParquetFile(_result_path(session, artifact)) as pf:
+        first = next(pf.iter_batches(batch_size=rows), None)
+        head = pa.Table.from_batches([first]) if first is not None else pf.schema_arrow.empty_table()
+    return head.to_pandas()
+
+
+def result_csv(artifact_id: int) -> bytes:
+    """The full result of an artifact as a safe CSV (`to_safe_csv`: every row, formula-like text
+    escaped), built now from its Parquet file in a session of its own. Meant for
+    `st.download_button(data=functools.partial(result_csv, id))`, which calls it only when the
+    button is clicked (on another thread): a 1M-row result takes seconds and ~25 MB.
+    Raises NotFound if the artifact or its file is gone."""
+    with open_session() as session:
+        artifact = get_artifact(session=session, artifact_id=artifact_id)
+        path = _result_path(session, artifact)
+    return to_safe_csv(read_result(path).to_pandas())
 
 
 def escape_formula(value: object) -> object:

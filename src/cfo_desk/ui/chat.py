@@ -19,8 +19,8 @@ from cfo_desk.services.errors import ServiceError
 from cfo_desk.services.runs import Run, RunStatus
 from cfo_desk.services.session import open_session
 from cfo_desk.services.threads import Message, MessageStatus, Role, utcnow
-from cfo_desk.ui import state
-from cfo_desk.ui.format import column_config, figure, for_display, safe_label, safe_markdown, short_hash
+from cfo_desk.ui import results, state
+from cfo_desk.ui.format import figure, safe_label, safe_markdown, short_hash
 
 
 def render() -> None:
@@ -52,7 +52,7 @@ def render() -> None:
         messages = threads_svc.conversation(session=session, thread_id=thread.id) if thread else []
         arts = artifacts_svc.artifacts_by_message(session=session, message_ids=[m.id for m in messages])
         ended = runs.runs_by_reply(session=session, message_ids=[m.id for m in messages if not MessageStatus(m.status).answered])
-    frames = {a.id: _frame(a.id, a.file_path, a.handle) for items in arts.values() for a in items}
+    frames = results.previews(a for items in arts.values() for a in items)
     live_questions = {r.user_message_id for r in live if r.user_message_id is not None}
     # From the first question a run is working on, the live view draws the thread (a Retry's
     # question and not its old failed reply; a started question and its progress).
@@ -248,21 +248,6 @@ def _thread_menu(thread) -> None:
         st.rerun()
 
 
-@st.cache_data(max_entries=256, show_spinner=False)
-def _frame(artifact_id: int, file_path: str, handle: str):
-    """The result's rows, or a sentence saying why they can't be shown (never breaks the thread).
-
-    Cached per artifact: a committed result file never changes (its path holds the run's uuid), so
-    reruns don't re-read every Parquet file on the path. `file_path` is part of the key on purpose.
-    """
-    try:
-        with open_session() as session:
-            artifact = artifacts_svc.get_artifact(session=session, artifact_id=artifact_id)
-            return artifacts_svc.result_frame(session=session, artifact=artifact)
-    except Exception as exc:  # a missing or unreadable file must not take the whole thread down
-        return f"The result of {handle} can't be shown: {exc}"
-
-
 def _message(
     msg: Message, thread_id: int, arts: list[Artifact], frames: dict, *, is_head: bool, can_ask: bool, run: Run | None = None
 ) -> None:
@@ -343,33 +328,30 @@ def _figure_help(f: dict) -> str:
     return " · ".join(parts)
 
 
-def _result(art: Artifact, frame) -> None:
+def _result(art: Artifact, preview: results.Preview) -> None:
+    """One query result: its first rows (results.PREVIEW_ROWS), its SQL, and a CSV of all its rows."""
     with st.container(border=True):
         st.markdown(f"**{safe_label(art.handle)} · {safe_label(art.title)}**  ·  {art.row_count:,} row(s)" + (" (truncated)" if art.truncated else ""))
-        if isinstance(frame, str):
-            st.warning(safe_label(frame))
-        else:
-            shown = for_display(frame)
-            st.dataframe(shown, hide_index=True, column_config=column_config(shown), key=f"df_{art.id}")
-        left, right = st.columns([4, 1])
-        with left.expander("SQL"):
+        results.result_table(art, preview, key=f"df_{art.id}")
+        row = st.container(horizontal=True, vertical_alignment="top")  # one block per result, not three
+        with row.expander("SQL"):
             st.code(art.sql or "", language="sql", wrap_lines=True)
             if art.duration_s is not None:
                 st.caption(f"Ran in {art.duration_s:.3f} s")
-        if not isinstance(frame, str):
-            right.download_button(
-                "CSV",
-                data=artifacts_svc.to_safe_csv(frame),
+        if not isinstance(preview, str):
+            results.download_button(
+                art,
+                label="CSV",
                 file_name=f"{art.handle}-{art.title[:40].strip().replace(' ', '_') or 'result'}.csv",
-                mime="text/csv",
                 key=f"csv_{art.id}",
-                icon=":material/download:",
+                container=row,
             )
 
 
 def _message_footer(msg: Message, thread_id: int) -> None:
-    cols = st.columns([1, 5], vertical_alignment="center")
-    if cols[0].button("Fork from here", key=f"fork_{msg.id}", icon=":material/call_split:", type="tertiary"):
+    # One horizontal container (one block), not st.columns (three): drawn for every message.
+    row = st.container(horizontal=True, vertical_alignment="center", gap="medium")
+    if row.button("Fork from here", key=f"fork_{msg.id}", icon=":material/call_split:", type="tertiary"):
         with open_session() as session:
             fork = threads_svc.fork_thread(session=session, thread_id=thread_id, message_id=msg.id)
         state.open_thread(fork.id)
@@ -379,6 +361,6 @@ def _message_footer(msg: Message, thread_id: int) -> None:
         meta = f"#{msg.id} · {msg.duration_s:.1f} s"
         if msg.model_name:
             meta += f" · {safe_label(msg.model_name)}"
-        cols[1].caption(meta)
+        row.caption(meta, width="content")
     else:
-        cols[1].caption(f"#{msg.id}")
+        row.caption(f"#{msg.id}", width="content")
