@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import streamlit as st
+from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 from cfo_desk.services import datasets as datasets_svc
 from cfo_desk.services import runs, samples, threads as threads_svc, workspaces as workspaces_svc
@@ -129,7 +130,22 @@ def _confirm_delete_workspace(ws_id: int) -> None:
 # Uploads
 
 
+UPLOADS_HANDLED = "_uploads_handled"
+"""Session state: the file ids (Streamlit's id of one upload) this session has already taken in."""
+
+
 def _uploader(ws_id: int) -> None:
+    """The sidebar uploader: ingest each newly uploaded file once, then clear the widget.
+
+    Streamlit's fast reruns (`runner.fastReruns`, on by default) stop a running page as soon as
+    another rerun is asked for, e.g. a page change while a file is being ingested: the stopped
+    run's thread still finishes the ingest, but raises at its next Streamlit call. Nothing after
+    the ingest used to happen: the "Loaded" message was lost (seen in chromium) and the widget
+    kept its key with the file in it, for any later run that gets the widget's value to take in
+    again ("uploaded before. Replace or keep both?"). So the widget is cleared for the next run
+    and every file id is recorded as handled before the ingest starts, and the outcomes go into
+    lists already in session state (appending to them is no Streamlit call).
+    """
     gen = st.session_state.setdefault("_upload_gen", 0)
     files = st.file_uploader(
         "Upload CSV or Excel files",
@@ -138,30 +154,36 @@ def _uploader(ws_id: int) -> None:
         key=f"uploader_{ws_id}_{gen}",
         help="Each CSV becomes a dataset; each worksheet of a workbook becomes its own dataset.",
     )
-    if files:
-        pending = []
-        for f in files:
-            _ingest_one(ws_id, f.name, f.getvalue(), "ask", pending)
-        st.session_state["_pending_uploads"] = pending
-        st.session_state["_upload_gen"] = gen + 1  # clears the widget
+    handled: set[str] = st.session_state.setdefault(UPLOADS_HANDLED, set())
+    new = [f for f in files or [] if isinstance(f, UploadedFile) and f.file_id not in handled]
+    if new:
+        msgs = st.session_state.setdefault("_upload_msgs", [])
+        pending = st.session_state.setdefault("_pending_uploads", [])
+        st.session_state["_upload_gen"] = gen + 1  # the next run draws an empty widget
+        with st.spinner("Reading the uploaded file(s)…"):
+            for f in new:
+                handled.add(f.file_id)
+                _ingest_one(ws_id, f.name, f.getvalue(), "ask", pending, msgs)
         st.rerun()
     _upload_messages()
     _pending_conflicts(ws_id)
 
 
-def _ingest_one(ws_id: int, name: str, data: bytes, on_conflict: str, pending: list, verb: str = "Loaded") -> None:
+def _ingest_one(ws_id: int, name: str, data: bytes, on_conflict: str, pending: list, msgs: list, verb: str = "Loaded") -> None:
+    """Ingest one file; a same-name conflict goes to `pending`, the outcome to `msgs` (both lists
+    kept in session state, appended to without Streamlit calls: see `_uploader`)."""
     try:
         with open_session() as session:
             made = datasets_svc.upload_file(session=session, workspace_id=ws_id, filename=name, data=data, on_conflict=on_conflict)
     except datasets_svc.DuplicateUpload:
         pending.append((name, data))
     except (datasets_svc.IngestError, ServiceError) as exc:
-        st.session_state.setdefault("_upload_msgs", []).append(("error", safe_label(str(exc)), None))
+        msgs.append(("error", safe_label(str(exc)), None))
     else:
         for ds in made:
             sheet = f" \\[{safe_label(ds.sheet_name)}\\]" if ds.sheet_name else ""
             text = f"{verb} **{safe_label(ds.source_filename)}**{sheet} as {safe_code(ds.table_name)} ({ds.row_count:,} rows)."
-            st.session_state.setdefault("_upload_msgs", []).append(("success", text, ds.id))
+            msgs.append(("success", text, ds.id))
 
 
 def _upload_messages() -> None:
@@ -227,10 +249,10 @@ def _pending_conflicts(ws_id: int) -> None:
         if c.button("Skip", key="conflict_skip"):
             choice = "skip"
     if choice:
-        rest = pending[1:]
+        pending.pop(0)  # in place, before the ingest (see `_uploader`)
         if choice != "skip":
-            _ingest_one(ws_id, name, data, choice, rest, verb="Replaced" if choice == "replace" else "Loaded")
-        st.session_state["_pending_uploads"] = rest
+            msgs = st.session_state.setdefault("_upload_msgs", [])
+            _ingest_one(ws_id, name, data, choice, pending, msgs, verb="Replaced" if choice == "replace" else "Loaded")
         st.rerun()
 
 
