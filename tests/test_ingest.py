@@ -368,7 +368,7 @@ def test_failure_in_a_later_sheet_rolls_back_every_table(tmp_path, monkeypatch):
     def prepare_with_broken_fx(con, source, *args):
         prepared = real_prepare(con, source, *args)
         if source.label == "FX":
-            prepared.select_sql = "SELECT * FROM no_such_table"
+            prepared.build = lambda con, target: con.execute(f"CREATE TABLE {target} AS SELECT * FROM no_such_table")
         return prepared
 
     monkeypatch.setattr(ingest, "_prepare", prepare_with_broken_fx)
