@@ -130,12 +130,12 @@ def test_number_style_when_both_fit_follows_the_file(tmp_path, data, expected):
     assert column(tmp_path / "ws.duckdb", "t", "amt") == expected
 
 
-def test_codes_long_ids_mixed_percentages_and_scientific_notation_stay_text(tmp_path):
-    data = b"code,card,mixed,sci,word\n00123,12345678901234567890,5%,1e-7,1\n00456,1,0.5,2E3,two\n"
+def test_codes_long_ids_and_mixed_percentages_stay_text(tmp_path):
+    data = b"code,card,mixed,word\n00123,12345678901234567890,5%,1\n00456,1,0.5,two\n"
     r = ingest_csv(tmp_path, "text.csv", data)
     assert {c.type for c in r.columns} == {"VARCHAR"}
     assert query(tmp_path / "ws.duckdb", "SELECT * FROM t") == [
-        ("00123", "12345678901234567890", "5%", "1e-7", "1"), ("00456", "1", "0.5", "2E3", "two")
+        ("00123", "12345678901234567890", "5%", "1"), ("00456", "1", "0.5", "two")
     ]
 
 
@@ -577,3 +577,68 @@ def test_types_are_tried_on_a_sample_and_checked_over_every_row(tmp_path):
     db = tmp_path / "ws.duckdb"
     assert query(db, f"SELECT amount, qty, booked FROM t WHERE id = {n - 1}") == [("oops", DEC("2.00"), D(2024, 2, 13))]
     assert query(db, "SELECT booked FROM t WHERE id = 1") == [(D(2024, 2, 2),)]
+
+
+# ----------------------------------------------------------------------------- real exports
+
+
+def test_two_digit_year_dates_with_the_pivot_said(tmp_path):
+    data = b"posted,value_date,amount\n6/12/15,23-Jan-15,1\n2/20/19,14-Feb-15,2\n1/2/70,25-Jan-99,3\n"
+    r = ingest_csv(tmp_path, "bank.csv", data)
+    db = tmp_path / "ws.duckdb"
+    assert types(db, "t") == {"posted": "DATE", "value_date": "DATE", "amount": "BIGINT"}
+    assert column(db, "t", "posted") == [D(2015, 6, 12), D(2019, 2, 20), D(1970, 1, 2)]  # 2/20 makes it month-first
+    assert column(db, "t", "value_date") == [D(2015, 1, 23), D(2015, 2, 14), D(1999, 1, 25)]
+    assert (
+        "Two-digit years in posted, value_date read as 2000-2068 for 00-68 and 1969-1999 for 69-99 (23-Jan-15 is 2015-01-23)"
+        in r.notes
+    )
+    # The profile's min/max now sort as dates, not as text ("14-Feb-15" < "25-Jan-15").
+    assert query(db, "SELECT min(value_date), max(value_date) FROM t") == [(D(1999, 1, 25), D(2015, 2, 14))]
+
+
+def test_month_name_dates(tmp_path):
+    data = b"a;b;c\n23-Jan-15;Jan 23, 2015;December 24, 2022\n05-Mar-2024;Feb 1, 2016;January 2, 2023\n"
+    ingest_csv(tmp_path, "months.csv", data)
+    db = tmp_path / "ws.duckdb"
+    assert types(db, "t") == {"a": "DATE", "b": "DATE", "c": "DATE"}
+    assert query(db, "SELECT * FROM t") == [
+        (D(2015, 1, 23), D(2015, 1, 23), D(2022, 12, 24)), (D(2024, 3, 5), D(2016, 2, 1), D(2023, 1, 2))
+    ]
+
+
+def test_swiss_apostrophe_thousands(tmp_path):
+    r = ingest_csv(tmp_path, "ch.csv", "betrag,menge\n11'373.94,1’000\n-2'000.50,12\n".encode())
+    db = tmp_path / "ws.duckdb"
+    assert types(db, "t") == {"betrag": "DECIMAL(18,2)", "menge": "BIGINT"}
+    assert query(db, "SELECT * FROM t") == [(DEC("11373.94"), 1000), (DEC("-2000.50"), 12)]
+    assert (
+        "Column 'betrag' read as numbers after removing thousands separators (apostrophes: 11'373.94 read as 11373.94)"
+        in r.notes
+    )
+
+
+def test_cr_dr_and_trailing_minus_amounts(tmp_path):
+    data = b"memo,amount,net\nfee,12.50 DR,5.00-\ndeposit,1,000.00 CR,7.25\nrefund,3.10cr,(1.00)\n"
+    data = data.replace(b"1,000.00 CR", b'"1,000.00 CR"')
+    r = ingest_csv(tmp_path, "statement.csv", data)
+    db = tmp_path / "ws.duckdb"
+    assert types(db, "t") == {"memo": "VARCHAR", "amount": "DECIMAL(18,2)", "net": "DECIMAL(18,2)"}
+    assert query(db, "SELECT amount, net FROM t") == [
+        (DEC("-12.50"), DEC("-5.00")), (DEC("1000.00"), DEC("7.25")), (DEC("3.10"), DEC("-1.00"))
+    ]
+    assert any("CR read as positive and DR as negative" in n and "'amount'" in n for n in r.notes)
+    assert any("123.45- read as -123.45" in n and "'net'" in n for n in r.notes)
+
+
+def test_scientific_notation_is_read_as_double(tmp_path):
+    r = ingest_csv(tmp_path, "sci.csv", b"x,y\n1.5E+06,2.5e-3\n2E3,1\n")
+    db = tmp_path / "ws.duckdb"
+    assert types(db, "t") == {"x": "DOUBLE", "y": "DOUBLE"}
+    assert query(db, "SELECT * FROM t") == [(1_500_000.0, 0.0025), (2000.0, 1.0)]  # 0.0025 not rounded to 0.00
+    assert any("scientific notation: 1.5E+06 read as 1500000" in n for n in r.notes)
+
+
+def test_percent_strings_are_fractions(tmp_path):
+    ingest_csv(tmp_path, "pct.csv", b"margin\n12.5%\n-3%\n")
+    assert column(tmp_path / "ws.duckdb", "t", "margin") == [0.125, -0.03]

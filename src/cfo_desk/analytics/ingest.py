@@ -21,23 +21,26 @@ One path for both formats:
 
    - ``true``/``false`` -> BOOLEAN.
    - Dates -> DATE, or TIMESTAMP when a time is present: ISO ``2024-12-31`` (also ``2024/12/31``),
-     ``31.12.2024`` / ``12/31/2024`` / ``31-12-2024`` (4-digit years) and ``31-Dec-2024``,
-     ``31 Dec 2024``, ``Dec 31, 2024``. For day/month dates, a value whose first part is > 12 makes
+     ``31.12.2024`` / ``12/31/2024`` / ``31-12-2024`` and ``31-Dec-2024``, ``31 Dec 2024``,
+     ``Dec 31, 2024``, ``December 24, 2022``; two-digit years too (``6/12/15``, ``23-Jan-15``): 00-68
+     are 2000-2068 and 69-99 are 1969-1999 (POSIX ``%y``, said in a note). For day/month dates, a value whose first part is > 12 makes
      the column day-first (DMY), a second part > 12 month-first (MDY). When every value fits both,
      the order is *assumed* for the whole table, in this order of precedence: the ``date_order``
      argument; otherwise the order of the table's unambiguous date columns; otherwise DMY when the
      ambiguous dates use ``.`` separators or the file uses European numbers (comma decimals, or a
      ``;`` delimiter); otherwise MDY. The assumption is reported (``date_order``,
      ``ambiguous_date_columns`` and a note) so the analyst can re-ingest with the other order.
-   - Numbers: currency symbols ``$ € £`` and codes (USD, EUR, GBP, CHF), thousands separators,
-     ``(123.45)`` and ``123.45-`` negatives are understood. European ``1.234,56`` is chosen per column
+   - Numbers: currency symbols ``$ € £`` and codes (USD, EUR, GBP, CHF), thousands separators
+     (also Swiss apostrophes, ``11'373.94``), ``(123.45)`` and ``123.45-`` negatives, ``CR``/``DR``
+     suffixes (bank-statement convention: DR negative) and scientific notation (``1.5E+06``, always
+     DOUBLE) are understood. European ``1.234,56`` is chosen per column
      when only it fits; when both fit (``1.234``), the file decides (another column that is only
      European or only US, else a ``;`` delimiter means European). Integers -> BIGINT; numbers with at
      most 2 decimal places -> DECIMAL(18,2) (exact money sums); more decimals or larger values ->
      DOUBLE. Percentages (every value ends in ``%``) -> DOUBLE **fractions**: ``12.5%`` -> 0.125, the
      value Excel stores for a percent cell, so CSV and XLSX agree. Values with a leading zero
-     (``00123``) keep the column as text (codes), and so do whole numbers beyond BIGINT (IDs), values
-     in scientific notation, and a column mixing ``%`` and plain numbers.
+     (``00123``) keep the column as text (codes), and so do whole numbers beyond BIGINT (IDs) and a
+     column mixing ``%`` and plain numbers.
    - Anything else -> VARCHAR (trimmed).
 
 CSV rows with *fewer* fields than the header are padded with NULLs and counted in a note (read with a
@@ -114,24 +117,35 @@ _MAX_TITLE_ROWS = 5
 _COLUMN_CHUNK = 25  # columns per cleanup / statistics query (see _prepare)
 _WHITESPACE = " \t\r\n\u00a0\ufeff"
 _MONTH_FORMATS = ["%d-%b-%Y", "%d %b %Y", "%b %d, %Y", "%d-%B-%Y", "%d %B %Y", "%B %d, %Y"]
-_STYLES = {"us": (",", "."), "eu": (".", ",")}  # thousands separator, decimal separator
+# 23-Jan-15: DuckDB's %y pivot (see _PIVOT). First: %Y would read "15" as the year 15.
+_MONTH_FORMATS = [f.replace("%Y", "%y") for f in _MONTH_FORMATS] + _MONTH_FORMATS
+_PIVOT = 69  # two-digit years: 00-68 are 2000-2068, 69-99 are 1969-1999 (POSIX strptime, DuckDB's %y)
+# Thousands separators (any of), decimal separator. US style takes Swiss apostrophes: 11'373.94.
+_STYLES = {"us": (",'’", "."), "eu": (".", ",")}
 _CURRENCY = r"(?:[$€£]|(?i:usd|eur|gbp|chf))"
 
 
 def _number_regex(thousands: str, decimal: str) -> str:
-    """Groups: open paren, sign, sign after currency, integer part, fraction, %, trailing -, close."""
-    t, d = re.escape(thousands), re.escape(decimal)
+    """Groups: open paren, sign, sign after currency, integer part, fraction, exponent (E+06), %,
+    trailing -, CR/DR, close. ``thousands`` holds the accepted separator characters."""
+    t, d = "[" + re.escape(thousands) + "]", re.escape(decimal)
     return (
         r"^(\()?\s*([-+])?\s*(?:" + _CURRENCY + r"\s*)?([-+])?\s*"
-        r"(\d{1,3}(?:" + t + r"\d{3})+|\d+)?(" + d + r"\d+)?\s*(?:" + _CURRENCY + r")?\s*(%)?\s*(-)?\s*(\))?$"
+        r"(\d{1,3}(?:" + t + r"\d{3})+|\d+)?(" + d + r"\d+)?((?i:e[-+]?\d{1,3}))?\s*(?:" + _CURRENCY + r")?\s*(%)?\s*(-)?"
+        r"\s*((?i:cr|dr))?\s*(\))?$"
     )
+
+
+def _thousands(style: str) -> str:
+    """SQL literal: a regex class of the style's thousands separators."""
+    return _lit("[" + re.escape(_STYLES[style][0]) + "]")
 
 
 def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-_NUMBER_FIELDS = "['o', 's1', 's2', 'i', 'f', 'p', 's3', 'c']"
+_NUMBER_FIELDS = "['o', 's1', 's2', 'i', 'f', 'e', 'p', 's3', 'd', 'c']"
 _SPACE = "[\\s\u00a0\ufeff]"
 _CLEAN = _lit(
     f"(?i)^{_SPACE}*(?:{'|'.join(re.escape(t) for t in NULL_TOKENS if t)})?{_SPACE}*$|^{_SPACE}+|{_SPACE}+$"
@@ -142,24 +156,26 @@ _MACROS = [
     # Trim, and NULL for the NULL tokens: one regex that matches only such values, then the same
     # regex removes the whitespace (or the whole token). 4x faster than CASEs over lower() IN (...).
     f"cfo_clean(v) AS CASE WHEN regexp_matches(v, {_CLEAN}) THEN nullif(regexp_replace(v, {_CLEAN}, '', 'g'), '') ELSE v END",
-    f"cfo_us(v) AS regexp_extract(v, {_lit(_number_regex(',', '.'))}, {_NUMBER_FIELDS})",
-    f"cfo_eu(v) AS regexp_extract(v, {_lit(_number_regex('.', ','))}, {_NUMBER_FIELDS})",
+    f"cfo_us(v) AS regexp_extract(v, {_lit(_number_regex(*_STYLES['us']))}, {_NUMBER_FIELDS})",
+    f"cfo_eu(v) AS regexp_extract(v, {_lit(_number_regex(*_STYLES['eu']))}, {_NUMBER_FIELDS})",
     # Normalised number text ('-1234.56') from cfo_us/cfo_eu parts, NULL when the value is no number.
+    # thou: a regex class of thousands separators. DR (debit) is negative, CR (credit) positive.
     "cfo_num(p, thou, dec) AS CASE WHEN p.i = '' AND p.f = '' THEN NULL"
     " WHEN (p.o = '') <> (p.c = '') THEN NULL"
-    " WHEN (p.o <> '')::INT + (p.s1 <> '')::INT + (p.s2 <> '')::INT + (p.s3 <> '')::INT > 1 THEN NULL"
-    " ELSE (CASE WHEN p.o <> '' OR '-' IN (p.s1, p.s2, p.s3) THEN '-' ELSE '' END)"
-    " || coalesce(nullif(replace(p.i, thou, ''), ''), '0') || replace(p.f, dec, '.') END",
+    " WHEN (p.o <> '')::INT + (p.s1 <> '')::INT + (p.s2 <> '')::INT + (p.s3 <> '')::INT + (p.d <> '')::INT > 1 THEN NULL"
+    " ELSE (CASE WHEN p.o <> '' OR '-' IN (p.s1, p.s2, p.s3) OR upper(p.d) = 'DR' THEN '-' ELSE '' END)"
+    " || coalesce(nullif(regexp_replace(p.i, thou, '', 'g'), ''), '0') || replace(p.f, dec, '.') || p.e END",
     "cfo_dm(v) AS regexp_extract(v, "
-    + _lit(r"^(\d{1,2})([./-])(\d{1,2})([./-])(\d{4})(?:[ T]+(\d{1,2}:\d{2}(?::\d{2})?))?$")
+    + _lit(r"^(\d{1,2})([./-])(\d{1,2})([./-])(\d{4}|\d{2})(?:[ T]+(\d{1,2}:\d{2}(?::\d{2})?))?$")
     + ", ['a', 's1', 'b', 's2', 'y', 't'])",
-    "cfo_dm_ts(p, day_first) AS CASE WHEN p.a <> '' AND p.s1 = p.s2 THEN TRY_CAST(p.y || '-'"
+    "cfo_dm_ts(p, day_first) AS CASE WHEN p.a <> '' AND p.s1 = p.s2 THEN TRY_CAST("
+    f"(CASE WHEN length(p.y) = 2 THEN (CASE WHEN p.y < '{_PIVOT}' THEN '20' ELSE '19' END) || p.y ELSE p.y END) || '-'"
     " || (CASE WHEN day_first THEN p.b ELSE p.a END) || '-' || (CASE WHEN day_first THEN p.a ELSE p.b END)"
     " || ' ' || coalesce(nullif(p.t, ''), '00:00') AS TIMESTAMP) END",
     "cfo_iso(v) AS CASE WHEN regexp_full_match(v, "
     + _lit(r"\d{4}[-/]\d{1,2}[-/]\d{1,2}(?:[ T]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?")
     + ") THEN TRY_CAST(replace(v, '/', '-') AS TIMESTAMP) END",
-    "cfo_mon(v) AS CASE WHEN regexp_matches(v, '[A-Za-z]') AND regexp_matches(v, '\\d{4}$')"
+    "cfo_mon(v) AS CASE WHEN regexp_matches(v, '[A-Za-z]') AND regexp_matches(v, '\\d{2}$')"
     f" THEN try_strptime(v, {_MONTH_FORMATS!r}) END",
 ]
 
@@ -644,17 +660,18 @@ class _Column:
 
 _LEADING_ZERO = _lit(r"^[-+(]?\s*[$€£]?\s*0[0-9]")  # 00123: a code, not a number
 _TRAILING_MINUS = _lit(r"\d\s*-$")
+_APOSTROPHE = _lit(r"\d['’]\d")  # 11'373.94
 # Cheap shape tests: only columns whose every value passes one are parsed in that format.
 _SCREENS = {
     "int_shape": r"[-+]?\d{1,18}",
-    "num_shape": r"(?i)[-+()$€£%\s\d.,]*(?:usd|eur|gbp|chf)?[-+()$€£%\s\d.,]*",
+    "num_shape": r"(?i)[-+()$€£%\s\d.,'’]*(?:usd|eur|gbp|chf)?[-+()$€£%\s\d.,'’]*(?:e[-+]?\d+[-+()$€£%\s]*)?(?:cr|dr)?[\s)]*",
     "date_shape": r"\d{1,4}[./-]\d{1,2}[./-]\d{1,4}(?:[ T][\d:.]+)?",
-    "mon_shape": r"[\w ,.-]{6,20}\d{4}",
+    "mon_shape": r"[\w ,.-]{4,20}\d{2}(?:\d{2})?",
 }
 
 
-_PARSED_KEYS = ("dmy", "mdy", "dot", "dm_time", "iso", "iso_time", "mon", "paren", "trail", "code", *"$€£") + tuple(
-    f"{st}_{k}" for st in _STYLES for k in ("ok", "int", "dec2", "scale", "pct", "thou", "dec")
+_PARSED_KEYS = ("dmy", "mdy", "dot", "dm_time", "dm_yy", "iso", "iso_time", "mon", "mon_yy", "paren", "trail", "code", "apos", "crdr", *"$€£") + tuple(
+    f"{st}_{k}" for st in _STYLES for k in ("ok", "int", "dec2", "scale", "pct", "thou", "dec", "sci")
 )
 
 
@@ -686,31 +703,36 @@ def _parse_stats(j: int, x: str, kinds: set[str]) -> tuple[list[str], list[str],
             "mdy": f"count(mdy{j})",
             "dot": f"count(*) FILTER (WHERE {d}.s1 = '.')",
             "dm_time": f"count(*) FILTER (WHERE {d}.t <> '')",
+            "dm_yy": f"count(*) FILTER (WHERE length({d}.y) = 2)",
             "iso": f"count(iso{j})",
             "iso_time": f"count(*) FILTER (WHERE iso{j} IS NOT NULL AND length({x}) > 10)",
         }
     if "mon" in kinds:
         parse.append(f"cfo_mon({x}) AS mon{j}")
         stats["mon"] = f"count(mon{j})"
+        stats["mon_yy"] = f"count(*) FILTER (WHERE mon{j} IS NOT NULL AND NOT regexp_matches({x}, '\\d{{4}}$'))"
     if "num" in kinds:
         stats |= {
             "paren": f"count(*) FILTER (WHERE {x} LIKE '(%)')",
             "trail": f"count(*) FILTER (WHERE regexp_matches({x}, {_TRAILING_MINUS}))",
             "code": f"count(*) FILTER (WHERE regexp_matches({x}, '(?i)usd|eur|gbp|chf'))",
+            "apos": f"count(*) FILTER (WHERE regexp_matches({x}, {_APOSTROPHE}))",
+            "crdr": f"count(*) FILTER (WHERE regexp_matches({x}, '(?i)(cr|dr)\\W*$'))",
         }
         stats |= {sym: f"count(*) FILTER (WHERE contains({x}, '{sym}'))" for sym in "$€£"}
-        for st, (thou, dec) in _STYLES.items():
+        for st, (_thou, dec) in _STYLES.items():
             p, num = f"{st[0]}{j}", f"{st}{j}"
             parse.append(f"cfo_{st}({x}) AS {p}")
-            derive.append(f"cfo_num({p}, '{thou}', '{dec}') AS {num}")
+            derive.append(f"cfo_num({p}, {_thousands(st)}, '{dec}') AS {num}")
             stats |= {
                 f"{st}_ok": f"count({num})",
-                f"{st}_int": f"count(*) FILTER (WHERE {p}.f = '' AND TRY_CAST({num} AS BIGINT) IS NOT NULL)",
+                f"{st}_int": f"count(*) FILTER (WHERE {p}.f = '' AND {p}.e = '' AND TRY_CAST({num} AS BIGINT) IS NOT NULL)",
                 f"{st}_dec2": f"count(TRY_CAST({num} AS DECIMAL(18,2)))",
                 f"{st}_scale": f"max(length({p}.f)) FILTER (WHERE {num} IS NOT NULL)",
                 f"{st}_pct": f"count(*) FILTER (WHERE {p}.p <> '' AND {num} IS NOT NULL)",
-                f"{st}_thou": f"count(*) FILTER (WHERE contains({p}.i, '{thou}') AND {num} IS NOT NULL)",
+                f"{st}_thou": f"count(*) FILTER (WHERE regexp_matches({p}.i, {_thousands(st)}) AND {num} IS NOT NULL)",
                 f"{st}_dec": f"count(*) FILTER (WHERE {p}.f <> '' AND {num} IS NOT NULL)",
+                f"{st}_sci": f"count(*) FILTER (WHERE {p}.e <> '' AND {num} IS NOT NULL)",
             }
     return parse, derive, stats
 
@@ -846,13 +868,16 @@ def _number_style(s: dict[str, object], preferred: str) -> str:
 
 
 def _type_number(c: _Column, style: str) -> None:
-    s, (thou, dec) = c.s, _STYLES[style]
-    n, num = s["n"], f"cfo_num(cfo_{style}({c.var}), '{thou}', '{dec}')"
-    if 0 < s[f"{style}_pct"] < n or (s[f"{style}_dec"] == 0 and s[f"{style}_int"] < n):
+    s, dec = c.s, _STYLES[style][1]
+    n, num = s["n"], f"cfo_num(cfo_{style}({c.var}), {_thousands(style)}, '{dec}')"
+    sci = s[f"{style}_sci"]
+    if 0 < s[f"{style}_pct"] < n or (s[f"{style}_dec"] == 0 and s[f"{style}_int"] + sci < n):
         c.kind = "text"  # mixed percentages, or whole numbers too long for BIGINT (IDs, card numbers)
         return
     if s[f"{style}_pct"] == n:
         c.sql_type, c.expr = "DOUBLE", f"TRY_CAST({num} AS DOUBLE) / 100"
+    elif sci:  # 1.5E-03 would round in a DECIMAL
+        c.sql_type, c.expr = "DOUBLE", f"TRY_CAST({num} AS DOUBLE)"
     elif s[f"{style}_int"] == n:
         c.sql_type, c.expr = "BIGINT", f"TRY_CAST({num} AS BIGINT)"
     elif (s[f"{style}_scale"] or 0) <= 3 and s[f"{style}_dec2"] == n:  # scale counts the separator
@@ -861,7 +886,7 @@ def _type_number(c: _Column, style: str) -> None:
         c.sql_type, c.expr = "DOUBLE", f"TRY_CAST({num} AS DOUBLE)"
     removed = [sym for sym in "$€£" if s[sym]] + (["currency codes"] if s["code"] else [])
     if s[f"{style}_thou"]:
-        removed.append("thousands separators")
+        removed.append("thousands separators" + (" (apostrophes: 11'373.94 read as 11373.94)" if s["apos"] else ""))
     how: list[str] = []
     if style == "eu" and (s["eu_thou"] or s["eu_dec"]):
         how.append("European format: 1.234,56 read as 1234.56")
@@ -871,6 +896,10 @@ def _type_number(c: _Column, style: str) -> None:
         how.append("123.45- read as -123.45")
     if s[f"{style}_pct"]:
         how.append("percentages stored as fractions: 12.5% read as 0.125")
+    if sci:
+        how.append("scientific notation: 1.5E+06 read as 1500000")
+    if s["crdr"]:
+        how.append("CR read as positive and DR as negative (bank-statement convention: 12.50 DR read as -12.50)")
     if removed or how:
         after = f" after removing {' and '.join(removed)}" if removed else ""
         c.note = f"Column {c.name!r} read as numbers{after}" + "".join(f"; {h}" for h in how)
@@ -927,6 +956,11 @@ def _type_columns(
             c.sql_type, c.expr = "DATE", f"CAST(cfo_mon({c.var}) AS DATE)"
         elif c.kind == "text":
             c.sql_type, c.expr = "VARCHAR", c.var
+    if yy := [c.name for c in cols if (c.kind == "dm" and c.s["dm_yy"]) or (c.kind == "mon" and c.s["mon_yy"])]:
+        notes.append(
+            f"Two-digit years in {', '.join(yy)} read as 20{0:02d}-20{_PIVOT - 1} for 00-{_PIVOT - 1} and"
+            f" 19{_PIVOT}-1999 for {_PIVOT}-99 (23-Jan-15 is 2015-01-23)"
+        )
     return order, [c.name for c in ambiguous], notes
 
 
@@ -1139,6 +1173,8 @@ def _check(c: _Column) -> str | None:
         bad += f" OR regexp_matches({x}, {_LEADING_ZERO})"
         if c.sql_type == "DECIMAL(18,2)":
             bad += f" OR length({p}.f) > 3"
+        if c.sql_type != "DOUBLE":
+            bad += f" OR {p}.e <> ''"
         bad += f" OR {p}.p = ''" if "/ 100" in e else f" OR {p}.p <> ''"
     return f"({x} IS NOT NULL AND ({bad}))"
 
