@@ -156,4 +156,4 @@ def test_workbook_totals_and_unsaved_formulas_are_flagged(session, ws, tmp_path)
     (d,) = ds_svc.upload_file(session=session, workspace_id=ws.id, filename="rev.xlsx", data=path.read_bytes())
     notes = " ".join(d.notes)
     assert "1 formula cell(s)" in notes and "had no saved result" in notes
-    assert "Row(s) 4 of worksheet 'Revenue 2024' look like totals" in notes
+    assert "Left out 1 total row at the end (row 4: 'Total')" in notes

@@ -642,3 +642,34 @@ def test_scientific_notation_is_read_as_double(tmp_path):
 def test_percent_strings_are_fractions(tmp_path):
     ingest_csv(tmp_path, "pct.csv", b"margin\n12.5%\n-3%\n")
     assert column(tmp_path / "ws.duckdb", "t", "margin") == [0.125, -0.03]
+
+
+@pytest.mark.parametrize("wide", [False, True], ids=["one pass", "wide"])
+def test_repeated_header_and_trailing_total_rows(tmp_path, wide):
+    pad = ",".join(f"x{i}" for i in range(30)) if wide else ""  # > 25 columns take the materialised path
+    cells = ",".join("1" for _ in range(30)) if wide else ""
+    sep = "," if wide else ""
+    lines = [f"date,customer,amount{sep}{pad}"]
+    lines += [f"2024-01-0{d},Acme,{d}00.00{sep}{cells}" for d in range(1, 4)]
+    lines += [f"date,customer,amount{sep}{pad}"]  # the export repeats its header mid-file ...
+    lines += [f"2024-01-0{d},Beta,{d}0.00{sep}{cells}" for d in range(4, 6)]
+    lines += [f"Total,,390.00{sep}", f"date,customer,amount{sep}{pad}"]  # ... and ends with a total and the header
+    r = ingest_csv(tmp_path, "export.csv", ("\n".join(lines) + "\n").encode())
+    db = tmp_path / "ws.duckdb"
+    assert {k: v for k, v in types(db, "t").items() if k in ("date", "customer", "amount")} == {
+        "date": "DATE", "customer": "VARCHAR", "amount": "DECIMAL(18,2)"
+    }  # not text: the repeated header and the total are not data
+    assert r.row_count == 5
+    assert query(db, "SELECT sum(amount) FROM t") == [(DEC("690.00"),)]  # not doubled by the total row
+    assert "Skipped 2 repeated header rows (row 5, 9)" in r.notes
+    assert (
+        "Left out 1 total row at the end (row 8: 'Total'), so sums over the table do not count them twice;"
+        " the kept original file still has them"
+    ) in r.notes
+
+
+def test_a_total_row_inside_the_data_is_kept_and_said(tmp_path):
+    data = b"customer,amount\nAcme,10\nSubtotal,10\nBeta,5\nTotal Energies SE,7\n"
+    r = ingest_csv(tmp_path, "sub.csv", data)
+    assert r.row_count == 4  # "Total Energies SE" is a customer, not a total
+    assert "Row 3 looks like a total ('Subtotal'); kept as data, so exclude it in SQL to avoid counting it twice" in r.notes

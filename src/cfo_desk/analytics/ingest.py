@@ -589,13 +589,11 @@ def _read_sheets(path: Path, name: str, table_names: dict[str | None, str]) -> l
         wb.close()
 
 
-_TOTAL_ROW = re.compile(r"^\s*(grand\s+|sub\s*-?\s*)?totals?\b", re.IGNORECASE)
 
 
 def _sheet_warnings(path: Path, label: str, rows: list[list[str | None]]) -> list[str]:
-    """Notes on what a worksheet holds that is not plain data: formulas saved without their values
-    (read as empty: openpyxl only sees cached results), and rows that look like totals (kept as data,
-    so sums over the table would count them twice)."""
+    """Notes on formulas saved without their values (read as empty: openpyxl only sees cached
+    results). Total rows are found for every table alike (`_row_rules`)."""
     import openpyxl  # noqa: PLC0415
 
     notes = []
@@ -613,13 +611,6 @@ def _sheet_warnings(path: Path, label: str, rows: list[list[str | None]]) -> lis
         notes.append(
             f"{formulas} formula cell(s) in worksheet {label!r} had no saved result and were read as empty: "
             "open the file in Excel, save it, and upload again"
-        )
-    totals = [i + 1 for i, r in enumerate(rows) if r and any(r) and _TOTAL_ROW.match(next((c for c in r if c), ""))]
-    if totals:
-        shown = ", ".join(map(str, totals[:5])) + ("…" if len(totals) > 5 else "")
-        notes.append(
-            f"Row(s) {shown} of worksheet {label!r} look like totals; they are kept as data, so exclude them "
-            "in SQL (or remove them) to avoid counting them twice"
         )
     return notes
 
@@ -1014,13 +1005,23 @@ def _prepare(con: duckdb.DuckDBPyConnection, src: _Source, k: int, name: str, da
     first, titles, hdr, header = _find_header(con, clean, vs, src, name)
     data = f"rn > {int(hdr)} AND {any_value}"
     rows, last = con.execute(f"SELECT count(*), max(rn) FROM {clean} WHERE {data}").fetchone()
+    named = max(j for j, h in enumerate(header) if h is not None) + 1
+    repeat, total, row_label = _row_sql(vs, header, named)
+    repeats = [r for (r,) in con.execute(f"SELECT rn FROM {clean} WHERE {data} AND {repeat} ORDER BY rn").fetchall()]
+    totals = con.execute(f"SELECT rn, {row_label} FROM {clean} WHERE {data} AND {total} AND NOT {repeat} ORDER BY rn").fetchall()
+    (last_data,) = con.execute(f"SELECT max(rn) FROM {clean} WHERE {data} AND NOT {total} AND NOT {repeat}").fetchone()
+    trailing = [t for t in totals if last_data is not None and t[0] > last_data]
+    middle = [t for t in totals if t not in trailing]
+    skipped = int(last) - int(hdr) - rows if rows else 0
+    if repeats or trailing:
+        data += f" AND NOT {repeat}" + "".join(f" AND rn <> {r}" for r, _ in trailing)
+        rows -= len(repeats) + len(trailing)
 
     stats, demoted = _typing_stats(con, vs, clean, data, rows)
 
     notes = list(src.notes)
     if titles:
         notes.append(_title_note(first, titles))
-    named = max(j for j, h in enumerate(header) if h is not None) + 1
     if src.delimiter is not None and any(st["n"] for st in stats[named:]):
         raise _too_many_fields(con, clean, vs, hdr, named, src, name)
     keep = [j for j in range(len(vs)) if header[j] is not None or stats[j]["n"]]
@@ -1028,10 +1029,11 @@ def _prepare(con: duckdb.DuckDBPyConnection, src: _Source, k: int, name: str, da
         notes.append(f"Dropped {dropped} empty column{'s' * (dropped > 1)} with no header")
     names, name_notes = _column_names(header, keep)
     notes += name_notes
-    if rows and (skipped := int(last) - int(hdr) - rows):
+    if skipped:
         notes.append(f"Skipped {skipped} empty row{'s' * (skipped > 1)}")
     if not rows:
         notes.append("The header has no data rows below it: the table is empty and its columns are text")
+    notes += _row_notes(repeats, trailing, middle)
     if src.delimiter is not None and stats[named - 1]["n"] < rows:
         # A raw NULL (not '') in the last named column is a field null_padding added to a short row.
         short = con.execute(
@@ -1100,6 +1102,42 @@ def _too_many_fields(con, clean: str, vs: list[str], hdr: int, named: int, src: 
     )
 
 
+# A row whose first non-empty cell is only "Total", "Grand total", "Subtotal", "Totals:" ...
+_TOTAL_LABEL = _lit(r"(?i)(?:grand\s+|sub\s*-?\s*)?totals?\s*:?")
+
+
+def _row_sql(vs: list[str], header: list[str | None], named: int) -> tuple[str, str, str]:
+    """SQL over a cleaned relation: (the row repeats the header, the row looks like a total, its label)."""
+    repeat = " AND ".join(
+        f"{v} IS NULL" if h is None else f"{v} IS NOT DISTINCT FROM {_lit(h)}" for v, h in zip(vs[:named], header[:named])
+    )
+    label = f"coalesce({', '.join(vs[:named])})"
+    return f"({repeat})", f"coalesce(regexp_full_match({label}, {_TOTAL_LABEL}), false)", label
+
+
+def _row_notes(repeats: list[int], trailing: list[tuple[int, str]], middle: list[tuple[int, str]]) -> list[str]:
+    """Notes for repeated header rows and trailing total rows (left out) and other total rows (kept);
+    row numbers are 0-based record numbers, shown 1-based."""
+    def rows(rns: list[int]) -> str:
+        return ", ".join(str(r + 1) for r in rns[:5]) + (", …" if len(rns) > 5 else "")
+
+    notes = []
+    if repeats:
+        notes.append(f"Skipped {len(repeats)} repeated header row{'s' * (len(repeats) > 1)} (row {rows(repeats)})")
+    if trailing:
+        n = len(trailing)
+        notes.append(
+            f"Left out {n} total row{'s' * (n > 1)} at the end (row {rows([r for r, _ in trailing])}: {trailing[0][1]!r}),"
+            " so sums over the table do not count them twice; the kept original file still has them"
+        )
+    if middle:
+        notes.append(
+            f"Row {rows([r for r, _ in middle])} look{'s' * (len(middle) == 1)} like a total ({middle[0][1]!r});"
+            " kept as data, so exclude it in SQL to avoid counting it twice"
+        )
+    return notes
+
+
 def _demoted_note(name: str, kind: str, bad: int) -> str:
     return (
         f"Column {name!r} holds {_KIND_WORDS[kind]} in its first {SAMPLE_ROWS:,} rows, but {bad:,} later"
@@ -1141,7 +1179,8 @@ def _prepare_stream(con: duckdb.DuckDBPyConnection, src: _Source, k: int, name: 
     first, titles, hdr, header = _find_header(con, sample, vs, src, name)
     named = max(j for j, h in enumerate(header) if h is not None) + 1
     data = f"rn > {int(hdr)} AND {_any_value(vs)}"
-    stats = _stats(con, vs[:named], sample, data)
+    repeat, total, _label = _row_sql(vs, header, named)
+    stats = _stats(con, vs[:named], sample, f"{data} AND NOT {repeat} AND NOT {total}")
     notes = list(src.notes) + ([_title_note(first, titles)] if titles else [])
     clean = f"(SELECT rn, {cleaned}, {quote_ident(raw_cols[named - 1])} AS r_last FROM {src.relation})"
     unknown = {j for j, st in enumerate(stats) if not st["n"]}
@@ -1196,6 +1235,9 @@ def _build_stream(con: duckdb.DuckDBPyConnection, target: str, p: _Prepared) -> 
     sample_kinds = [_guess_kind(x) for x in stats]
     first_bad: dict[int, int] = {}
     extra = [f"{st.vs[j]} AS cfo_x{j}" for j in range(named, len(vs))]
+    repeat, total, label = _row_sql(vs, st.header, named)
+    extra += [f"{repeat} AS cfo_rehdr", f"{total} AS cfo_total", f"CASE WHEN {total} THEN {label} END AS cfo_label"]
+    trailing: list[tuple[int, str]] | None = None
     for attempt in range(3):
         cols = [_Column(f"cfo_c{j}", vs[j], stats[j]) for j in range(named)]
         _type_columns(cols, src.delimiter, st.date_order)
@@ -1204,12 +1246,23 @@ def _build_stream(con: duckdb.DuckDBPyConnection, target: str, p: _Prepared) -> 
         select += [f"{chk} AS cfo_bad{j}" for j, chk in checks.items() if chk]
         select += extra + ["rn AS cfo_rn", "(r_last IS NULL) AS cfo_short"]
         con.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT {', '.join(select)} FROM {st.clean} WHERE {st.data}")
+        if trailing is None:  # the first pass: which rows repeat the header, and the totals at the end
+            all_rows, all_last = con.execute(f"SELECT count(*), max(cfo_rn) FROM {target}").fetchone()
+            repeats = [r for (r,) in con.execute(f"SELECT cfo_rn FROM {target} WHERE cfo_rehdr ORDER BY cfo_rn").fetchall()]
+            totals = con.execute(f"SELECT cfo_rn, cfo_label FROM {target} WHERE cfo_total AND NOT cfo_rehdr ORDER BY cfo_rn").fetchall()
+            (last_data,) = con.execute(f"SELECT max(cfo_rn) FROM {target} WHERE NOT cfo_total AND NOT cfo_rehdr").fetchone()
+            trailing = [t for t in totals if last_data is not None and t[0] > last_data]
+            middle = [t for t in totals if t not in trailing]
+            left_out = [r for r, _ in trailing]
+            full_data = f"{st.data} AND NOT {repeat}" + (f" AND rn NOT IN ({', '.join(map(str, left_out))})" if left_out else "")
+        if repeats or trailing:
+            con.execute(f"DELETE FROM {target} WHERE cfo_rehdr" + "".join(f" OR cfo_rn = {r}" for r, _ in trailing))
         flagged = [j for j, chk in checks.items() if chk]
         aggs = ["count(*)", "max(cfo_rn)", "count_if(cfo_short)"]
         aggs += [f"count_if(cfo_bad{j})" for j in flagged] + [f"count(cfo_x{j})" for j in range(named, len(vs))]
         aggs += [f"count(cfo_c{j})" for j in sorted(st.unknown)]
         got = con.execute(f"SELECT {', '.join(aggs)} FROM {target}").fetchone()
-        rows, last, short = got[0], got[1], got[2]
+        rows, short = got[0], got[2]
         bad = {j: n for j, n in zip(flagged, got[3 : 3 + len(flagged)]) if n}
         rest = got[3 + len(flagged) :]
         if src.delimiter is not None and any(rest[: len(vs) - named]):
@@ -1223,7 +1276,7 @@ def _build_stream(con: duckdb.DuckDBPyConnection, target: str, p: _Prepared) -> 
             raise IngestError(f"{st.name}: could not settle the type of column(s) {sorted(bad)}")
         redo = sorted(set(bad) | seen) if attempt == 0 else sorted(bad)
         if attempt == 0:
-            for j, s in zip(redo, _stats(con, [vs[j] for j in redo], st.clean, st.data)):
+            for j, s in zip(redo, _stats(con, [vs[j] for j in redo], st.clean, full_data)):
                 stats[j] = s
         else:
             for j in redo:
@@ -1233,7 +1286,7 @@ def _build_stream(con: duckdb.DuckDBPyConnection, target: str, p: _Prepared) -> 
     keep = [j for j in range(named) if st.header[j] is not None or con.execute(f"SELECT count(cfo_c{j}) FROM {target}").fetchone()[0]]
     names, name_notes = _column_names(st.header, keep)
     helpers = [f"cfo_bad{j}" for j, chk in checks.items() if chk] + [f"cfo_x{j}" for j in range(named, len(vs))]
-    helpers += ["cfo_rn", "cfo_short"] + [f"cfo_c{j}" for j in range(named) if j not in keep]
+    helpers += ["cfo_rn", "cfo_short", "cfo_rehdr", "cfo_total", "cfo_label"] + [f"cfo_c{j}" for j in range(named) if j not in keep]
     for h in helpers:
         con.execute(f"ALTER TABLE {target} DROP COLUMN {h}")
     for j, nm in zip(keep, names):
@@ -1243,10 +1296,11 @@ def _build_stream(con: duckdb.DuckDBPyConnection, target: str, p: _Prepared) -> 
     if dropped := len(vs) - len(keep):
         notes.append(f"Dropped {dropped} empty column{'s' * (dropped > 1)} with no header")
     notes += name_notes
-    if rows and (skipped := int(last) - st.hdr - rows):
+    if all_rows and (skipped := int(all_last) - st.hdr - all_rows):
         notes.append(f"Skipped {skipped} empty row{'s' * (skipped > 1)}")
     if not rows:
         notes.append("The header has no data rows below it: the table is empty and its columns are text")
+    notes += _row_notes(repeats, trailing, middle)
     if src.delimiter is not None and short:
         were = "rows had fewer fields and were" if short > 1 else "row had fewer fields and was"
         notes.append(f"{short} {were} padded with empty values")
