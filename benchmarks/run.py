@@ -10,6 +10,8 @@
 7-9. Uploads (benchmarks/ingest.py): ingest in its worker vs in-process (200,000 and 1,000 rows);
    ours vs DuckDB read_csv vs pandas on 1,000,000-row clean and messy CSVs (time, peak RSS, each in
    a fresh process); a ~1 GB CSV only with BENCH_BIG=1.
+10. Chat reruns (benchmarks/chat_rerun.py): server-side AppTest rerun of the chat page, 20 vs 200
+   messages, with and without one 1M-row result.
 """
 
 from __future__ import annotations
@@ -90,6 +92,10 @@ def main() -> None:
     import ingest as ingest_bench  # benchmarks/ingest.py: uploads in the worker vs in-process, vs DuckDB and pandas (fresh processes)
 
     ingest_bench.main()
+
+    import chat_rerun  # benchmarks/chat_rerun.py: chat page reruns vs thread depth and a 1M-row result
+
+    chat_rerun.main()
 
 
 if __name__ == "__main__":
