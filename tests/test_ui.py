@@ -149,6 +149,33 @@ def test_duplicate_upload_asks_replace_or_keep_both():
     assert "as `revenue` (4 rows)" in "\n".join(s.value for s in at.sidebar.success)
 
 
+def test_hidden_worksheets_are_skipped_unless_included(tmp_path):
+    import openpyxl
+
+    wb = openpyxl.Workbook()
+    wb.active.title = "Data"
+    wb.active.append(["month", "revenue"])
+    wb.active.append(["2024-01-01", 100])
+    lookup = wb.create_sheet("Lookup")
+    lookup.append(["code", "rate"])
+    lookup.append(["A", 0.5])
+    lookup.sheet_state = "hidden"
+    wb.save(tmp_path / "book.xlsx")
+    book = (tmp_path / "book.xlsx").read_bytes()
+
+    at = app()
+    create_workspace(at, "W")
+    at.sidebar.file_uploader[0].set_value(("book.xlsx", book, "application/octet-stream")).run()
+    loaded = "\n".join(s.value for s in at.sidebar.success)
+    assert "\\[Data\\]" in loaded and "Lookup" not in loaded
+    assert "Skipped hidden worksheet 'Lookup' (hidden)" in texts(at)
+    at.sidebar.checkbox(key="upload_hidden_sheets").check().run()
+    at.sidebar.file_uploader[0].set_value(("book.xlsx", book, "application/octet-stream")).run()
+    at.button(key="conflict_replace").click().run()  # the choice keeps the checkbox's value
+    assert not at.exception, at.exception
+    assert "\\[Lookup\\] as `book_lookup` (1 rows)" in "\n".join(s.value for s in at.sidebar.success)
+
+
 def test_bad_file_gets_a_specific_error():
     at = app()
     create_workspace(at, "W")

@@ -154,6 +154,12 @@ def _uploader(ws_id: int) -> None:
         key=f"uploader_{ws_id}_{gen}",
         help="Each CSV becomes a dataset; each worksheet of a workbook becomes its own dataset.",
     )
+    hidden = st.checkbox(
+        "Include hidden worksheets",
+        key="upload_hidden_sheets",
+        help="Workbooks can hide worksheets (lookups, old versions). They are skipped, and named in the"
+        " notes, unless this is on.",
+    )
     handled: set[str] = st.session_state.setdefault(UPLOADS_HANDLED, set())
     new = [f for f in files or [] if isinstance(f, UploadedFile) and f.file_id not in handled]
     if new:
@@ -163,20 +169,25 @@ def _uploader(ws_id: int) -> None:
         with st.spinner("Reading the uploaded file(s)…"):
             for f in new:
                 handled.add(f.file_id)
-                _ingest_one(ws_id, f.name, f.getvalue(), "ask", pending, msgs)
+                _ingest_one(ws_id, f.name, f.getvalue(), "ask", pending, msgs, hidden=hidden)
         st.rerun()
     _upload_messages()
     _pending_conflicts(ws_id)
 
 
-def _ingest_one(ws_id: int, name: str, data: bytes, on_conflict: str, pending: list, msgs: list, verb: str = "Loaded") -> None:
-    """Ingest one file; a same-name conflict goes to `pending`, the outcome to `msgs` (both lists
-    kept in session state, appended to without Streamlit calls: see `_uploader`)."""
+def _ingest_one(
+    ws_id: int, name: str, data: bytes, on_conflict: str, pending: list, msgs: list, verb: str = "Loaded", *, hidden: bool = False
+) -> None:
+    """Ingest one file (``hidden``: also a workbook's hidden worksheets); a same-name conflict goes
+    to `pending`, the outcome to `msgs` (both lists kept in session state, appended to without
+    Streamlit calls: see `_uploader`)."""
     try:
         with open_session() as session:
-            made = datasets_svc.upload_file(session=session, workspace_id=ws_id, filename=name, data=data, on_conflict=on_conflict)
+            made = datasets_svc.upload_file(
+                session=session, workspace_id=ws_id, filename=name, data=data, on_conflict=on_conflict, include_hidden_sheets=hidden
+            )
     except datasets_svc.DuplicateUpload:
-        pending.append((name, data))
+        pending.append((name, data, hidden))
     except (datasets_svc.IngestError, ServiceError) as exc:
         msgs.append(("error", safe_label(str(exc)), None))
     else:
@@ -234,7 +245,7 @@ def _pending_conflicts(ws_id: int) -> None:
     pending = st.session_state.get("_pending_uploads") or []
     if not pending:
         return
-    name, data = pending[0]
+    name, data, hidden = pending[0]
     with st.container(border=True):
         with open_session() as session:
             same = [d for d in datasets_svc.list_datasets(session=session, workspace_id=ws_id) if d.source_filename == name]
@@ -252,7 +263,8 @@ def _pending_conflicts(ws_id: int) -> None:
         pending.pop(0)  # in place, before the ingest (see `_uploader`)
         if choice != "skip":
             msgs = st.session_state.setdefault("_upload_msgs", [])
-            _ingest_one(ws_id, name, data, choice, pending, msgs, verb="Replaced" if choice == "replace" else "Loaded")
+            verb = "Replaced" if choice == "replace" else "Loaded"
+            _ingest_one(ws_id, name, data, choice, pending, msgs, verb, hidden=hidden)
         st.rerun()
 
 
