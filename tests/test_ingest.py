@@ -673,3 +673,52 @@ def test_a_total_row_inside_the_data_is_kept_and_said(tmp_path):
     r = ingest_csv(tmp_path, "sub.csv", data)
     assert r.row_count == 4  # "Total Energies SE" is a customer, not a total
     assert "Row 3 looks like a total ('Subtotal'); kept as data, so exclude it in SQL to avoid counting it twice" in r.notes
+
+
+# ----------------------------------------------------------------------------- overrides
+
+
+@pytest.mark.parametrize("wide", [False, True], ids=["one pass", "wide"])
+def test_column_overrides_round_trip(tmp_path, wide):
+    pad = "," + ",".join(f"x{i}" for i in range(30)) if wide else ""
+    cells = "," + ",".join("1" for _ in range(30)) if wide else ""
+    data = (
+        f"code,amount,booked,ref{pad}\n"
+        f"00123,\"1.234,50\",03/04/2024,7{cells}\n"
+        f"00456,\"2.000,00\",05/06/2024,n/a{cells}\n"
+        f"00789,\"12,25\",07/08/2024,oops{cells}\n"
+    ).encode()
+    path = write_csv(tmp_path, "ov.csv", data)
+    db = tmp_path / "ws.duckdb"
+    [auto] = ingest_file(db, path, original_name="ov.csv", table_names={None: "t"})
+    assert {c.name: c.type for c in auto.columns if not c.name.startswith("x")} == {
+        "code": "VARCHAR", "amount": "DECIMAL(18,2)", "booked": "DATE", "ref": "VARCHAR"
+    }
+    overrides = {
+        "code": {"type": "integer"},
+        "amount": {"type": "text"},
+        "booked": {"type": "date", "date_order": "MDY"},
+        "ref": {"type": "integer"},
+    }
+    [r] = ingest_file(db, path, original_name="ov.csv", table_names={None: "t"}, overrides={None: overrides})
+    assert {c.name: c.type for c in r.columns if not c.name.startswith("x")} == {
+        "code": "BIGINT", "amount": "VARCHAR", "booked": "DATE", "ref": "BIGINT", "ref_raw": "VARCHAR"
+    }
+    assert query(db, "SELECT code, amount, booked, ref, ref_raw FROM t") == [
+        (123, "1.234,50", D(2024, 3, 4), 7, "7"),
+        (456, "2.000,00", D(2024, 5, 6), None, None),  # n/a is empty, not a failure
+        (789, "12,25", D(2024, 7, 8), None, "oops"),
+    ]
+    assert "Column 'booked' read as dates (month first), as set on the Data page" in r.notes
+    assert "Column 'code' read as whole numbers, as set on the Data page" in r.notes
+    assert "1 value of 'ref' did not fit whole numbers and is empty there; the text of every value is kept beside it in ref_raw" in r.notes
+
+
+def test_override_validation():
+    assert ingest.check_override({"type": "decimal", "decimal": "eu", "date_order": "DMY"}) == {
+        "type": "decimal", "date_order": None, "decimal": "eu"
+    }
+    with pytest.raises(ValueError, match="type must be one of"):
+        ingest.check_override({"type": "money"})
+    with pytest.raises(ValueError, match="date_order"):
+        ingest.check_override({"type": "date", "date_order": "YMD"})

@@ -647,6 +647,7 @@ class _Column:
     sql_type: str = "VARCHAR"
     expr: str = ""
     note: str | None = None
+    forced: bool = False  # typed as the analyst chose (see _force)
 
 
 _LEADING_ZERO = _lit(r"^[-+(]?\s*[$€£]?\s*0[0-9]")  # 00123: a code, not a number
@@ -896,10 +897,75 @@ def _type_number(c: _Column, style: str) -> None:
         c.note = f"Column {c.name!r} read as numbers{after}" + "".join(f"; {h}" for h in how)
 
 
+OVERRIDE_TYPES = {
+    "text": "text",
+    "integer": "whole numbers",
+    "decimal": "decimals (2 places)",
+    "double": "numbers",
+    "date": "dates",
+    "timestamp": "date-times",
+    "boolean": "true/false",
+}
+_OVERRIDE_SQL = {"integer": "BIGINT", "decimal": "DECIMAL(18,2)", "double": "DOUBLE", "date": "DATE", "timestamp": "TIMESTAMP"}
+
+
+def check_override(spec: dict) -> dict:
+    """A column override, checked: ``{"type": one of OVERRIDE_TYPES, "date_order": "DMY" | "MDY" |
+    None (dates: ISO and month names only), "decimal": "us" | "eu" | None (numbers; None = us)}``.
+    Returns it normalised; raises ValueError naming what is wrong."""
+    kind = spec.get("type")
+    if kind not in OVERRIDE_TYPES:
+        raise ValueError(f"type must be one of {', '.join(OVERRIDE_TYPES)}, not {kind!r}")
+    order, style = spec.get("date_order"), spec.get("decimal")
+    if order not in (None, *DATE_ORDERS):
+        raise ValueError(f"date_order must be DMY, MDY or None, not {order!r}")
+    if style not in (None, *_STYLES):
+        raise ValueError(f"decimal must be 'us', 'eu' or None, not {style!r}")
+    return {
+        "type": kind,
+        "date_order": order if kind in ("date", "timestamp") else None,
+        "decimal": style if kind in ("integer", "decimal", "double") else None,
+    }
+
+
+def _force(c: _Column, spec: dict) -> None:
+    """Type column ``c`` as the analyst chose (`check_override`), whatever its values look like;
+    values that do not fit are NULL there and flagged by `_check` (see `_raw_note`)."""
+    kind, order, style = spec["type"], spec.get("date_order"), spec.get("decimal") or "us"
+    c.forced = True
+    if kind == "text":
+        c.kind, c.sql_type, c.expr = "text", "VARCHAR", c.var
+    elif kind == "boolean":
+        c.kind, c.sql_type, c.expr = "bool", "BOOLEAN", f"CASE WHEN lower({c.var}) IN ('true', 'false') THEN lower({c.var}) = 'true' END"
+    elif kind in ("integer", "decimal", "double"):
+        num = f"cfo_num(cfo_{style}({c.var}), {_thousands(style)}, '{_STYLES[style][1]}')"
+        c.kind, c.sql_type = "number", _OVERRIDE_SQL[kind]
+        c.expr = f"TRY_CAST({num} AS {c.sql_type})"
+    else:
+        c.kind, c.sql_type = ("dm" if order else "iso"), _OVERRIDE_SQL[kind]
+        parts = ([f"cfo_dm_ts(cfo_dm({c.var}), {str(order == 'DMY').lower()})"] if order else []) + [f"cfo_iso({c.var})", f"cfo_mon({c.var})"]
+        c.expr = f"CAST(coalesce({', '.join(parts)}) AS {c.sql_type})"
+    how = {"DMY": "day first", "MDY": "month first"}.get(order) or {"eu": "European 1.234,56", "us": None}.get(spec.get("decimal") or "us")
+    c.note = f"Column {c.name!r} read as {OVERRIDE_TYPES[kind]}" + (f" ({how})" if how else "") + ", as set on the Data page"
+
+
+def _raw_note(name: str, raw: str, kind: str, bad: int) -> str:
+    return (
+        f"{bad:,} value{'s' * (bad > 1)} of {name!r} did not fit {OVERRIDE_TYPES[kind]} and {'are' if bad > 1 else 'is'}"
+        f" empty there; the text of every value is kept beside it in {raw}"
+    )
+
+
 def _type_columns(
-    cols: list[_Column], delimiter: str | None, date_order: str | None
+    cols: list[_Column], delimiter: str | None, date_order: str | None, overrides: dict[str, dict] | None = None
 ) -> tuple[str | None, list[str], list[str]]:
-    """Choose each column's type and SQL; returns (assumed date order, ambiguous columns, notes)."""
+    """Choose each column's type and SQL; returns (assumed date order, ambiguous columns, notes).
+    Columns named in ``overrides`` (checked specs, `check_override`) get the type chosen there."""
+    overrides = overrides or {}
+    forced = [c for c in cols if c.name in overrides]
+    cols = [c for c in cols if c.name not in overrides]
+    for c in forced:
+        _force(c, overrides[c.name])
     for c in cols:
         c.kind = _guess_kind(c.s)
     numbers = [c for c in cols if c.kind == "number"]
@@ -978,10 +1044,12 @@ class _Prepared:
             _build_stream(con, target, self)
 
 
-def _prepare(con: duckdb.DuckDBPyConnection, src: _Source, k: int, name: str, date_order: str | None) -> _Prepared:
+def _prepare(
+    con: duckdb.DuckDBPyConnection, src: _Source, k: int, name: str, date_order: str | None, overrides: dict[str, dict] | None = None
+) -> _Prepared:
     width = len(con.execute(f"SELECT * FROM {src.relation} LIMIT 0").description) - 1
     if width <= _COLUMN_CHUNK:
-        return _prepare_stream(con, src, k, name, date_order)
+        return _prepare_stream(con, src, k, name, date_order, overrides)
     label = f"{name}: worksheet {src.label!r}"
     raw = _materialised(con, src, k)
     raw_cols = [d[0] for d in con.execute(f"SELECT * FROM temp.{raw} LIMIT 0").description]
@@ -1049,12 +1117,17 @@ def _prepare(con: duckdb.DuckDBPyConnection, src: _Source, k: int, name: str, da
         if j in demoted:
             kind, bad = demoted[j]
             notes.append(_demoted_note(nm, kind, bad))
-    order, ambiguous, date_notes = _type_columns(cols, src.delimiter, date_order)
+    order, ambiguous, date_notes = _type_columns(cols, src.delimiter, date_order, overrides)
     notes += [c.note for c in cols if c.note] + date_notes
-    select = (
-        "SELECT " + ", ".join(f"{c.expr} AS {quote_ident(c.name)}" for c in cols)
-        + f" FROM {clean} WHERE {data} ORDER BY rn"
-    )
+    exprs = [f"{c.expr} AS {quote_ident(c.name)}" for c in cols]
+    for c in (c for c in cols if c.name in (overrides or {}) and _check(c)):
+        (bad,) = con.execute(f"SELECT count(*) FROM {clean} WHERE {data} AND {_check(c)}").fetchone()
+        if bad:
+            raw = _unique(f"{c.name}_raw", set(names), 63)
+            names.append(raw)
+            exprs.append(f"{c.var} AS {quote_ident(raw)}")
+            notes.append(_raw_note(c.name, raw, overrides[c.name]["type"], bad))
+    select = f"SELECT {', '.join(exprs)} FROM {clean} WHERE {data} ORDER BY rn"
     return _Prepared(src, select, notes, order, ambiguous)
 
 
@@ -1162,9 +1235,12 @@ class _Stream:
     unknown: set[int]
     date_order: str | None
     name: str
+    overrides: dict[str, dict] = field(default_factory=dict)
 
 
-def _prepare_stream(con: duckdb.DuckDBPyConnection, src: _Source, k: int, name: str, date_order: str | None) -> _Prepared:
+def _prepare_stream(
+    con: duckdb.DuckDBPyConnection, src: _Source, k: int, name: str, date_order: str | None, overrides: dict[str, dict] | None = None
+) -> _Prepared:
     """Plan a table of at most `_COLUMN_CHUNK` columns from a sample: the header and every column's
     format come from the first `SAMPLE_ROWS` data rows; the file itself is read once more, by
     `_build_stream`, which writes the table and checks every row against the sample's choice."""
@@ -1184,7 +1260,7 @@ def _prepare_stream(con: duckdb.DuckDBPyConnection, src: _Source, k: int, name: 
     notes = list(src.notes) + ([_title_note(first, titles)] if titles else [])
     clean = f"(SELECT rn, {cleaned}, {quote_ident(raw_cols[named - 1])} AS r_last FROM {src.relation})"
     unknown = {j for j, st in enumerate(stats) if not st["n"]}
-    plan = _Stream(clean, data, vs, header, int(hdr), named, notes, stats, unknown, date_order, name)
+    plan = _Stream(clean, data, vs, header, int(hdr), named, notes, stats, unknown, date_order, name, dict(overrides or {}))
     return _Prepared(src, None, [], None, [], plan)
 
 
@@ -1197,6 +1273,9 @@ def _check(c: _Column) -> str | None:
     x, e = c.var, c.expr
     if c.kind == "text":
         return None
+    if c.forced:  # the analyst's type: only values it cannot hold (or would round) count
+        rounds = f" OR length(cfo_{'eu' if 'cfo_eu(' in e else 'us'}({x}).f) > 3" if c.sql_type == "DECIMAL(18,2)" else ""
+        return f"({x} IS NOT NULL AND ({e} IS NULL{rounds}))"
     bad = f"{e} IS NULL"
     if c.kind == "bool":
         bad = f"lower({x}) NOT IN ('true', 'false')"
@@ -1238,11 +1317,16 @@ def _build_stream(con: duckdb.DuckDBPyConnection, target: str, p: _Prepared) -> 
     repeat, total, label = _row_sql(vs, st.header, named)
     extra += [f"{repeat} AS cfo_rehdr", f"{total} AS cfo_total", f"CASE WHEN {total} THEN {label} END AS cfo_label"]
     trailing: list[tuple[int, str]] | None = None
+    # Overrides name stored columns; the header's columns get their names before any is dropped.
+    provisional, _ = _column_names(st.header, list(range(named)))
+    forced = {f"cfo_c{j}": st.overrides[nm] for j, nm in enumerate(provisional) if nm in st.overrides}
+    forced_j = {int(t[5:]) for t in forced}
+    raw_keep: set[int] = set()
     for attempt in range(3):
         cols = [_Column(f"cfo_c{j}", vs[j], stats[j]) for j in range(named)]
-        _type_columns(cols, src.delimiter, st.date_order)
+        _type_columns(cols, src.delimiter, st.date_order, forced)
         checks = {j: _check(c) for j, c in enumerate(cols)}
-        select = [f"{c.expr} AS cfo_c{j}" for j, c in enumerate(cols)]
+        select = [f"{c.expr} AS cfo_c{j}" for j, c in enumerate(cols)] + [f"{vs[j]} AS cfo_raw{j}" for j in sorted(raw_keep)]
         select += [f"{chk} AS cfo_bad{j}" for j, chk in checks.items() if chk]
         select += extra + ["rn AS cfo_rn", "(r_last IS NULL) AS cfo_short"]
         con.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT {', '.join(select)} FROM {st.clean} WHERE {st.data}")
@@ -1263,15 +1347,18 @@ def _build_stream(con: duckdb.DuckDBPyConnection, target: str, p: _Prepared) -> 
         aggs += [f"count(cfo_c{j})" for j in sorted(st.unknown)]
         got = con.execute(f"SELECT {', '.join(aggs)} FROM {target}").fetchone()
         rows, short = got[0], got[2]
-        bad = {j: n for j, n in zip(flagged, got[3 : 3 + len(flagged)]) if n}
+        bad = {j: n for j, n in zip(flagged, got[3 : 3 + len(flagged)]) if n and j not in raw_keep}
+        if attempt == 0:
+            first_bad = dict(bad)
+        new_raw = set(bad) & forced_j  # the analyst's type stays; the text goes beside it
+        bad = {j: n for j, n in bad.items() if j not in forced_j}
         rest = got[3 + len(flagged) :]
         if src.delimiter is not None and any(rest[: len(vs) - named]):
             raise _too_many_fields(con, st.clean, vs, st.hdr, named, src, st.name)
         seen = {j for j, n in zip(sorted(st.unknown), rest[len(vs) - named :]) if n}
-        if attempt == 0:
-            first_bad = bad
-        if not bad and not seen:
+        if not bad and not seen and not new_raw:
             break
+        raw_keep |= new_raw
         if attempt == 2:  # pragma: no cover - every format was tried over all rows; a check stricter than its rule
             raise IngestError(f"{st.name}: could not settle the type of column(s) {sorted(bad)}")
         redo = sorted(set(bad) | seen) if attempt == 0 else sorted(bad)
@@ -1291,6 +1378,13 @@ def _build_stream(con: duckdb.DuckDBPyConnection, target: str, p: _Prepared) -> 
         con.execute(f"ALTER TABLE {target} DROP COLUMN {h}")
     for j, nm in zip(keep, names):
         con.execute(f"ALTER TABLE {target} RENAME COLUMN cfo_c{j} TO {quote_ident(nm)}")
+    raw_notes = []
+    for j in sorted(raw_keep):
+        nm = names[keep.index(j)] if j in keep else provisional[j]
+        raw = _unique(f"{nm}_raw", set(names), 63)
+        names.append(raw)
+        con.execute(f"ALTER TABLE {target} RENAME COLUMN cfo_raw{j} TO {quote_ident(raw)}")
+        raw_notes.append(_raw_note(nm, raw, forced[f"cfo_c{j}"]["type"], first_bad[j]))
 
     notes = list(st.notes)
     if dropped := len(vs) - len(keep):
@@ -1305,11 +1399,12 @@ def _build_stream(con: duckdb.DuckDBPyConnection, target: str, p: _Prepared) -> 
         were = "rows had fewer fields and were" if short > 1 else "row had fewer fields and was"
         notes.append(f"{short} {were} padded with empty values")
     cols = [_Column(nm, vs[j], stats[j]) for nm, j in zip(names, keep)]
-    order, ambiguous, date_notes = _type_columns(cols, src.delimiter, st.date_order)
+    final = {names[keep.index(int(t[5:]))]: spec for t, spec in forced.items() if int(t[5:]) in keep}
+    order, ambiguous, date_notes = _type_columns(cols, src.delimiter, st.date_order, final)
     for c, j in zip(cols, keep):
-        if j in first_bad and c.kind == "text" and sample_kinds[j] != "text":
+        if j in first_bad and c.kind == "text" and sample_kinds[j] != "text" and j not in forced_j:
             notes.append(_demoted_note(c.name, sample_kinds[j], first_bad[j]))
-    p.notes = notes + [c.note for c in cols if c.note] + date_notes
+    p.notes = notes + [c.note for c in cols if c.note] + raw_notes + date_notes
     p.date_order, p.ambiguous = order, ambiguous
 
 
@@ -1550,6 +1645,7 @@ def ingest_file(
     original_name: str,
     table_names: dict[str | None, str],
     date_order: str | None = None,
+    overrides: dict[str | None, dict[str, dict]] | None = None,
 ) -> list[IngestedTable]:
     """Ingest one uploaded file into the DuckDB file at ``db_path``; one table per CSV or worksheet.
 
@@ -1559,6 +1655,10 @@ def ingest_file(
     workbook (only the listed worksheets are ingested). Tables of those names are replaced.
     ``date_order`` is None to infer (rule in the module docstring) or ``"DMY"``/``"MDY"`` to force the
     order of ambiguous day/month dates (unambiguous columns keep their only possible reading).
+    ``overrides`` maps a label to ``{stored column name: spec}`` (`check_override`): those columns
+    get the type chosen there whatever their values look like; when some values do not fit, they
+    are NULL in that column and the text of every value is kept beside it in ``<name>_raw`` (said
+    in the notes). Overrides naming no column are ignored.
 
     First the limits (`check_limits`, no parsing). Then the file is parsed in a worker process
     under OS limits (`ingest_worker`) into a temporary DuckDB file beside ``db_path``; this process
@@ -1584,7 +1684,10 @@ def ingest_file(
     check_limits(path, original_name)
 
     memory_gb, _timeout = _worker_limits()
-    kwargs = {"path": str(path), "original_name": original_name, "table_names": table_names, "date_order": date_order}
+    overrides = {label: {c: check_override(spec) for c, spec in cols.items()} for label, cols in (overrides or {}).items()}
+    kwargs = {
+        "path": str(path), "original_name": original_name, "table_names": table_names, "date_order": date_order, "overrides": overrides
+    }
     if memory_gb <= 0:  # no worker: parse in this process (CFO_DESK_INGEST_MEMORY_GB=0)
         return _ingest_local(db_path=str(db_path), **kwargs)
     db_path = Path(db_path)
@@ -1672,6 +1775,7 @@ def _ingest_local(
     table_names: dict[str | None, str],
     date_order: str | None,
     memory_limit: str | None = None,
+    overrides: dict[str | None, dict[str, dict]] | None = None,
 ) -> list[IngestedTable]:
     """The parse and store, in this process (the worker's side of `ingest_file`)."""
     db_path, path = Path(db_path), Path(path)
@@ -1691,7 +1795,7 @@ def _ingest_local(
         else:
             sources = [_load_sheet(con, rows, k, label, table, notes) for k, (label, table, rows, notes) in enumerate(sheets)]
         try:
-            prepared = [_prepare(con, s, k, original_name, date_order) for k, s in enumerate(sources)]
+            prepared = [_prepare(con, s, k, original_name, date_order, (overrides or {}).get(s.label)) for k, s in enumerate(sources)]
         except duckdb.Error as e:
             raise IngestError(f"{original_name}: could not be processed ({_duckdb_message(e)})") from e
 
