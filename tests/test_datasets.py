@@ -157,3 +157,37 @@ def test_workbook_totals_and_unsaved_formulas_are_flagged(session, ws, tmp_path)
     notes = " ".join(d.notes)
     assert "1 formula cell(s)" in notes and "had no saved result" in notes
     assert "Left out 1 total row at the end (row 4: 'Total')" in notes
+
+
+def test_column_types_are_kept_applied_to_replacements_and_shown_to_the_agent(session, ws):
+    from cfo_desk.agent.core import tables_for_model
+    from cfo_desk.services.turns import _dataset_refs
+
+    (d,) = ds_svc.upload_file(session=session, workspace_id=ws.id, filename="inv.csv", data=CSV)
+    assert {c["name"]: c["type"] for c in d.columns}["amount"] == "DECIMAL(18,2)"
+    d = ds_svc.set_column_types(
+        session=session, dataset_id=d.id, overrides={"amount": {"type": "text"}, "invoice_date": {"type": "date", "date_order": "DMY"}}
+    )
+    assert {c["name"]: c["type"] for c in d.columns} == {"invoice_date": "DATE", "customer": "VARCHAR", "amount": "VARCHAR"}
+    assert table_rows(ws, d.table_name) == [(date(2024, 4, 3), "Acme", "$1,200.50"), (date(2024, 6, 5), "Beta", "(300.25)")]
+    assert d.column_overrides["amount"] == {"type": "text", "date_order": None, "decimal": None}
+
+    # Next month's export replaces the file: the chosen types apply to it too.
+    (d2,) = ds_svc.upload_file(
+        session=session, workspace_id=ws.id, filename="inv.csv", data=CSV + b"07/08/2024,Cobalt,$5.00\n", on_conflict="replace"
+    )
+    assert d2.id == d.id and d2.row_count == 3
+    assert {c["name"]: c["type"] for c in d2.columns}["amount"] == "VARCHAR"
+    assert "Column 'amount' read as text, as set on the Data page" in d2.notes
+
+    # The agent's table list carries the notes.
+    (entry,) = tables_for_model(_dataset_refs(session, ws.id))["tables"]
+    assert "Column 'amount' read as text, as set on the Data page" in entry["ingest_notes"]
+
+    # Back to automatic; unknown columns and bad specs are refused.
+    d3 = ds_svc.set_column_types(session=session, dataset_id=d.id, overrides={"amount": None})
+    assert {c["name"]: c["type"] for c in d3.columns}["amount"] == "DECIMAL(18,2)" and "amount" not in d3.column_overrides
+    with pytest.raises(InvalidInput, match="no column named 'nope'"):
+        ds_svc.set_column_types(session=session, dataset_id=d.id, overrides={"nope": {"type": "text"}})
+    with pytest.raises(InvalidInput, match="type must be one of"):
+        ds_svc.set_column_types(session=session, dataset_id=d.id, overrides={"amount": {"type": "money"}})

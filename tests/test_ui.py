@@ -196,6 +196,29 @@ def test_sample_workspace_and_data_page():
     assert set(profile["column"]) >= {"customer_id", "segment"} and "distinct" in profile.columns
 
 
+def test_data_page_reads_a_column_as_another_type():
+    at = app()
+    create_workspace(at, "W")
+    data = b"code,amount\n00123,10.50\n00456,oops\n"
+    at.sidebar.file_uploader[0].set_value(("codes.csv", data, "text/csv")).run()
+    at.switch_page("views/data.py").run()
+    assert not at.exception, at.exception
+    (d,) = [s for s in at.selectbox if s.key and s.key.startswith("type_col_")]
+    ds_id = d.key.removeprefix("type_col_")
+    d.set_value("code").run()
+    at.selectbox(key=f"type_kind_{ds_id}_code").set_value("integer").run()
+    at.button(key=f"type_apply_{ds_id}").click().run()
+    assert not at.exception, at.exception
+    assert "Re-read codes with code as whole numbers." in [s.value for s in at.success]
+    assert "Column 'code' read as whole numbers, as set on the Data page" in texts(at)
+    assert list(at.dataframe[0].value["code"]) == [123, 456]
+    assert at.selectbox(key=f"type_col_{ds_id}").format_func("code") == "code · BIGINT · chosen"
+    # Back to automatic: the leading zeros are back.
+    at.selectbox(key=f"type_kind_{ds_id}_code").set_value("auto").run()
+    at.button(key=f"type_apply_{ds_id}").click().run()
+    assert list(at.dataframe[0].value["code"]) == ["00123", "00456"]
+
+
 def test_newcomer_asks_a_sample_question_in_one_click():
     from cfo_desk.analytics.sample_data import generate, reference_mrr
 

@@ -82,7 +82,9 @@ def build_agent() -> Agent[AgentDeps, FinalAnswer | Clarification]:
 
     @agent.tool
     def list_tables(ctx: RunContext[AgentDeps]) -> dict[str, Any]:
-        """List the workspace's tables: name, source file, row count, and columns with their DuckDB types.
+        """List the workspace's tables: name, source file, row count, columns with their DuckDB types,
+        and ingest_notes: how the file was read (total rows left out, assumed date order, column
+        types the analyst chose, values kept as text in <column>_raw). Read them before summing.
 
         Long lists are cut to fit the size budget; the notes say what was left out."""
         return tables_for_model(ctx.deps.datasets)
@@ -140,6 +142,8 @@ def build_agent() -> Agent[AgentDeps, FinalAnswer | Clarification]:
 # What the model is shown about the tables: each fits a stated character budget (sandbox.py names them).
 
 MAX_SOURCE_CHARS = 200
+MAX_NOTE_CHARS = 300  # per ingest note in list_tables
+MAX_NOTES_PER_TABLE = 8
 """A dataset's source (file and sheet name) reaches the model cut to this many characters."""
 MAX_PROFILE_VALUE_CHARS = 200
 """A profile's min and max reach the model cut to this many characters."""
@@ -167,6 +171,8 @@ def tables_for_model(datasets: list, *, budget_chars: int = TOOL_RETURN_BUDGET_C
             }
             if len(d.columns) > cap:
                 entry["columns_not_shown"] = len(d.columns) - cap
+            if d.notes:  # how the file was read: the model must know what was left out or assumed
+                entry["ingest_notes"] = [clip_text(n, MAX_NOTE_CHARS) for n in d.notes[:MAX_NOTES_PER_TABLE]]
             entries.append(entry)
         payload: dict[str, Any] = {"table_count": len(datasets), "tables": entries, "notes": []}
         if json_chars(payload) <= budget_chars - reserve:

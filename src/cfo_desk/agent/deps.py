@@ -19,6 +19,7 @@ class DatasetRef:
     sha256: str
     row_count: int
     columns: list[tuple[str, str]]
+    notes: tuple[str, ...] = ()  # what ingest did (left-out total rows, assumed date order, chosen types, ...)
 
 
 @dataclass(frozen=True)

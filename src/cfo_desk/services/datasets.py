@@ -32,7 +32,18 @@ from cfo_desk.services.workspaces import get_workspace
 from cfo_desk.storage.files import duckdb_path, workspace_dir, write_atomic
 from cfo_desk.storage.models import Dataset, utcnow
 
-__all__ = ["DuplicateUpload", "IngestError", "WorkspaceBusyConflict", "delete_dataset", "list_datasets", "replace_targets", "set_date_order", "upload_file"]
+__all__ = [
+    "DuplicateUpload",
+    "IngestError",
+    "WorkspaceBusyConflict",
+    "delete_dataset",
+    "list_datasets",
+    "replace_targets",
+    "COLUMN_TYPES",
+    "set_column_types",
+    "set_date_order",
+    "upload_file",
+]
 
 MAX_UPLOAD_BYTES = 200 * 1024 * 1024  # matches server.maxUploadSize in .streamlit/config.toml
 OnConflict = Literal["ask", "replace", "keep_both"]
@@ -159,7 +170,11 @@ def _upload_locked(
                 name = ingest.safe_table_name(stem, taken)
             taken.add(name)
             table_names[label] = name
-        tables = ingest.ingest_file(duckdb_path(ws.key), kept, original_name=original, table_names=table_names, date_order=date_order)
+        # A replacement keeps the column types chosen for the file it replaces (next month's export).
+        overrides = {label: old_by_label[label].column_overrides for label in table_names if label in old_by_label}
+        tables = ingest.ingest_file(
+            duckdb_path(ws.key), kept, original_name=original, table_names=table_names, date_order=date_order, overrides=overrides
+        )
         stamp_provenance(duckdb_path(ws.key), {t.table_name: sha for t in tables})
     except BaseException:
         if not was_there:
@@ -171,7 +186,7 @@ def _upload_locked(
     dropped = [d for d in replacing if d.sheet_name not in table_names]
     out: list[Dataset] = []
     for t in tables:
-        ds = old_by_label.get(t.sheet_name) or Dataset(workspace_id=ws.id, table_name=t.table_name, source_filename=original)
+        ds = old_by_label.get(t.sheet_name) or Dataset(workspace_id=ws.id, table_name=t.table_name, source_filename=original, column_overrides={})
         ds.table_name = t.table_name
         ds.sheet_name = t.sheet_name
         ds.file_path = rel
@@ -202,13 +217,53 @@ def set_date_order(*, session: Session, dataset_id: int, date_order: str) -> Dat
     if date_order not in ("DMY", "MDY"):
         raise InvalidInput("Date order must be DMY (day first) or MDY (month first).")
     ds = get_dataset(session=session, dataset_id=dataset_id)
+    return _reingest(session, ds, date_order=date_order, overrides=ds.column_overrides)
+
+
+COLUMN_TYPES: dict[str, str] = dict(ingest.OVERRIDE_TYPES)  # type key -> what the analyst reads ("whole numbers", ...)
+
+
+def set_column_types(*, session: Session, dataset_id: int, overrides: dict[str, dict | None]) -> Dataset:
+    """Set or clear column types chosen by the analyst, and re-read the dataset from its kept file.
+
+    ``overrides`` maps a column name to a spec ``{"type": "text" | "integer" | "decimal" | "double"
+    | "date" | "timestamp" | "boolean", "date_order": "DMY" | "MDY" | None, "decimal": "us" | "eu" |
+    None}`` (see `ingest.check_override`), or to None to go back to the automatic type; columns not
+    named keep what they had. The dataset's notes then say which columns were set and what did not
+    fit (kept as text in ``<column>_raw``); the agent reads those notes with the table list.
+    Raises InvalidInput for an unknown column or a bad spec, NotFound when the kept file is gone,
+    WorkspaceBusyConflict when the workspace stays busy, IngestError when the file can't be read.
+    """
+    ds = get_dataset(session=session, dataset_id=dataset_id)
+    known = {c["name"] for c in ds.columns} | set(ds.column_overrides)
+    merged = dict(ds.column_overrides)
+    for name, spec in overrides.items():
+        if name not in known:
+            raise InvalidInput(f"{ds.table_name} has no column named {name!r}.")
+        if spec is None:
+            merged.pop(name, None)
+            continue
+        try:
+            merged[name] = ingest.check_override(spec)
+        except ValueError as e:
+            raise InvalidInput(f"Column {name!r}: {e}.") from None
+    return _reingest(session, ds, date_order=ds.date_order, overrides=merged)
+
+
+def _reingest(session: Session, ds: Dataset, *, date_order: str | None, overrides: dict[str, dict]) -> Dataset:
+    """Read ``ds`` again from its kept file (same table name) and store what came out."""
     ws = get_workspace(session=session, workspace_id=ds.workspace_id)
     path = workspace_dir(ws.key) / ds.file_path
     if not path.exists():
         raise NotFound(f"The original of {ds.source_filename} is missing from the workspace folder.")
     with _holding_writer(duckdb_path(ws.key)):
         (t,) = ingest.ingest_file(
-            duckdb_path(ws.key), path, original_name=ds.source_filename, table_names={ds.sheet_name: ds.table_name}, date_order=date_order
+            duckdb_path(ws.key),
+            path,
+            original_name=ds.source_filename,
+            table_names={ds.sheet_name: ds.table_name},
+            date_order=date_order,
+            overrides={ds.sheet_name: overrides},
         )
         stamp_provenance(duckdb_path(ws.key), {t.table_name: ds.sha256})
         ds.row_count = t.row_count
@@ -216,6 +271,7 @@ def set_date_order(*, session: Session, dataset_id: int, date_order: str) -> Dat
         ds.notes = list(t.notes)
         ds.date_order = t.date_order or date_order
         ds.ambiguous_date_columns = list(t.ambiguous_date_columns)
+        ds.column_overrides = dict(overrides)
         session.add(ds)
         session.commit()
     session.refresh(ds)

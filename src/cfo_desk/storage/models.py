@@ -123,6 +123,11 @@ class Dataset(SQLModel, table=True):
     ambiguous_date_columns: list[str] = Field(
         default_factory=list, sa_column=_json(), description="Columns whose day/month order was assumed."
     )
+    column_overrides: dict[str, dict] = Field(
+        default_factory=dict,
+        sa_column=_json(),
+        description='{column: {"type", "date_order", "decimal"}} chosen on the Data page (ingest.check_override).',
+    )
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
 
 

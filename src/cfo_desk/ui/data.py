@@ -58,6 +58,8 @@ def render() -> None:
             else:
                 st.rerun()
 
+    _column_types(ds)
+
     st.subheader("First rows")
     head = for_display(head)
     st.dataframe(head, hide_index=True, column_config=column_config(head))
@@ -76,3 +78,59 @@ def render() -> None:
                 state.flash(f"Deleted dataset {safe_label(ds.table_name)}.", "info")
                 st.rerun()
 
+
+
+_ORDERS = {"DMY": "day first (31/12/2024)", "MDY": "month first (12/31/2024)", None: "ISO or month names only"}
+_STYLES = {"us": "1,234.56", "eu": "1.234,56 (European)"}
+
+
+def _column_types(ds) -> None:
+    """Read one column as another type: the dataset is re-read from its kept file in one click."""
+    chosen = ds.column_overrides
+    raw = {f"{n}_raw" for n in chosen}
+    names = [c["name"] for c in ds.columns if c["name"] not in raw]
+    types = {c["name"]: c["type"] for c in ds.columns}
+    with st.expander(f"Column types{f' ({len(chosen)} chosen)' if chosen else ''}", icon=":material/tune:"):
+        st.caption(
+            "Read a column as another type. The dataset is read again from its uploaded file; values that"
+            " don't fit are empty there and kept as text in a `<column>_raw` column. A replacement upload"
+            " of the same file keeps these choices."
+        )
+        col = st.selectbox(
+            "Column",
+            names,
+            key=f"type_col_{ds.id}",
+            format_func=lambda n: f"{n} · {types.get(n, '')}" + (" · chosen" if n in chosen else ""),
+        )
+        kinds = ["auto", *datasets_svc.COLUMN_TYPES]
+        current = chosen.get(col, {})
+        kind = st.selectbox(
+            "Read as",
+            kinds,
+            index=kinds.index(current.get("type", "auto")),
+            key=f"type_kind_{ds.id}_{col}",
+            format_func=lambda k: "automatic (what ingest found)" if k == "auto" else datasets_svc.COLUMN_TYPES[k],
+        )
+        spec: dict | None = None if kind == "auto" else {"type": kind}
+        if kind in ("date", "timestamp"):
+            orders = list(_ORDERS)
+            spec["date_order"] = st.selectbox(
+                "Day and month", orders, index=orders.index(current.get("date_order")), key=f"type_order_{ds.id}_{col}",
+                format_func=_ORDERS.get,
+            )
+        if kind in ("integer", "decimal", "double"):
+            styles = list(_STYLES)
+            spec["decimal"] = st.selectbox(
+                "Number style", styles, index=styles.index(current.get("decimal") or "us"), key=f"type_style_{ds.id}_{col}",
+                format_func=_STYLES.get,
+            )
+        if st.button("Re-read with this type", key=f"type_apply_{ds.id}", icon=":material/refresh:"):
+            try:
+                with open_session() as session:
+                    datasets_svc.set_column_types(session=session, dataset_id=ds.id, overrides={col: spec})
+            except (ServiceError, datasets_svc.IngestError) as exc:
+                st.error(safe_label(str(exc)))
+            else:
+                what = "automatic" if spec is None else datasets_svc.COLUMN_TYPES[kind]
+                state.flash(f"Re-read {safe_label(ds.table_name)} with {safe_label(col)} as {what}.")
+                st.rerun()
