@@ -262,10 +262,10 @@ def test_failed_copy_rolls_back_every_table(session, ws, monkeypatch, tmp_path):
     db = duckdb_path(ws.key)
     real_copy = ingest._copy_tables
 
-    def broken_copy(db_path, staged, tabs, name):
+    def broken_copy(db_path, staged, tabs, name, progress=None):
         with duckdb.connect(str(staged)) as con:  # the staged B vanishes: its copy fails after A's
             con.execute(f'DROP TABLE "{tabs[-1].table_name}"')
-        return real_copy(db_path, staged, tabs, name)
+        return real_copy(db_path, staged, tabs, name, progress)
 
     monkeypatch.setattr(ingest, "_copy_tables", broken_copy)
     write_xlsx(path, {"A": [["x"], [10]], "B": [["y"], [20]]})

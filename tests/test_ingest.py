@@ -368,7 +368,7 @@ def test_failure_in_a_later_sheet_rolls_back_every_table(tmp_path, monkeypatch):
     def prepare_with_broken_fx(con, source, *args):
         prepared = real_prepare(con, source, *args)
         if source.label == "FX":
-            prepared.build = lambda con, target: con.execute(f"CREATE TABLE {target} AS SELECT * FROM no_such_table")
+            prepared.build = lambda con, target, progress=None: con.execute(f"CREATE TABLE {target} AS SELECT * FROM no_such_table")
         return prepared
 
     monkeypatch.setattr(ingest, "_prepare", prepare_with_broken_fx)
@@ -722,3 +722,20 @@ def test_override_validation():
         ingest.check_override({"type": "money"})
     with pytest.raises(ValueError, match="date_order"):
         ingest.check_override({"type": "date", "date_order": "YMD"})
+
+
+def test_progress_reports_rows_read_from_the_worker(tmp_path):
+    path = tmp_path / "big.csv"
+    con = duckdb.connect()
+    con.execute(
+        f"COPY (SELECT DATE '2024-01-01' + (i % 365)::INT AS day, i % 97 AS qty, 'x' || i AS ref FROM range(1000000) t(i))"
+        f" TO '{path}' (HEADER)"
+    )
+    con.close()
+    events: list[tuple[float, str]] = []
+    [r] = ingest_file(tmp_path / "ws.duckdb", path, original_name="big.csv", table_names={None: "big"}, progress=lambda f, t: events.append((f, t)))
+    assert r.row_count == 1_000_000
+    reading = [(f, t) for f, t in events if t.startswith("Reading big: ")]
+    assert reading, events  # the worker's reports came up the pipe while it read the rows
+    assert all(0 <= f <= 1 for f, _ in events)
+    assert re.fullmatch(r"Reading big: [\d,]+ of 1,000,000 rows", reading[-1][1])

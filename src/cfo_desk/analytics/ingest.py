@@ -78,10 +78,11 @@ import datetime as dt
 import math
 import re
 import tempfile
+import threading
 import unicodedata
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cache
@@ -348,6 +349,42 @@ def _duckdb_message(e: BaseException) -> str:
     return first
 
 
+# ----------------------------------------------------------------------------- progress
+
+Progress = Callable[[float, str], None]  # (fraction 0-1 of the step, what is being done), see ingest_file
+PROGRESS_POLL_S = 0.5
+
+
+@contextmanager
+def _watch(con: duckdb.DuckDBPyConnection, progress: Progress | None, text: Callable[[float], str]) -> Iterator[None]:
+    """While the block runs one long DuckDB statement on ``con``, report its progress every
+    `PROGRESS_POLL_S` seconds (DuckDB's ``query_progress``, from another thread) as
+    ``progress(fraction, text(fraction))``. Does nothing without ``progress``."""
+    if progress is None:
+        yield
+        return
+    con.execute("SET enable_progress_bar = true")
+    con.execute("SET enable_progress_bar_print = false")
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.wait(PROGRESS_POLL_S):
+            try:
+                pct = con.query_progress()
+            except duckdb.Error:
+                return
+            if pct >= 0:
+                progress(min(pct, 100.0) / 100, text(min(pct, 100.0) / 100))
+
+    watcher = threading.Thread(target=poll, name="cfo-ingest-progress", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+
+
 # ----------------------------------------------------------------------------- raw loading
 
 
@@ -371,9 +408,12 @@ class _Source:
     notes: list[str]
     delimiter: str | None = None  # CSV only
     unclosed_quote_line: int | None = None  # CSV only: where a quote opens and never closes
+    records: int | None = None  # CSV only: how many records the file has (for progress)
 
 
-def _load_csv(con: duckdb.DuckDBPyConnection, path: Path, name: str, ext: str, table: str, tmp: Path) -> _Source:
+def _load_csv(
+    con: duckdb.DuckDBPyConnection, path: Path, name: str, ext: str, table: str, tmp: Path, progress: Progress | None = None
+) -> _Source:
     encoding = _csv_encoding(path, name)
     notes: list[str] = []
     # nullstr is a string no file contains: empty fields then read as '' and only the fields that
@@ -403,7 +443,8 @@ def _load_csv(con: duckdb.DuckDBPyConnection, path: Path, name: str, ext: str, t
                 + (" encoding='utf-16'," if encoding == "utf-16" else "")
                 + " columns={" + ", ".join(f"'column{j}': 'VARCHAR'" for j in range(width)) + "})"
             )
-            con.execute(f"SELECT count(*) FROM {read}").fetchone()  # reads it all: encoding and layout errors here
+            with _watch(con, progress, lambda f: f"Checking {name}: {f:.0%}"):
+                (records,) = con.execute(f"SELECT count(*) FROM {read}").fetchone()  # all of it: encoding and layout errors here
             break
         except duckdb.Error as e:
             if attempt == 1 and encoding == "utf-8" and "not utf-8 encoded" in str(e).lower():
@@ -420,7 +461,7 @@ def _load_csv(con: duckdb.DuckDBPyConnection, path: Path, name: str, ext: str, t
                 " quote characters are kept in the values. Check that line in the file"
             )
     relation = f"(SELECT row_number() OVER () - 1 AS rn, * FROM {read})"
-    return _Source(relation, None, None, table, notes, delimiter, unclosed)
+    return _Source(relation, None, None, table, notes, delimiter, unclosed, records)
 
 
 def _transcode(path: Path, dest: Path) -> str:
@@ -1036,12 +1077,20 @@ class _Prepared:
     ambiguous: list[str]
     stream: _Stream | None = None
 
-    def build(self, con: duckdb.DuckDBPyConnection, target: str) -> None:
-        """Create (or replace) the table ``target`` (a qualified, quoted name)."""
-        if self.stream is None:
-            con.execute(f"CREATE OR REPLACE TABLE {target} AS {self.select_sql}")
-        else:
-            _build_stream(con, target, self)
+    def build(self, con: duckdb.DuckDBPyConnection, target: str, progress: Progress | None = None) -> None:
+        """Create (or replace) the table ``target`` (a qualified, quoted name), reporting the rows
+        read to ``progress`` when given."""
+        records, name = self.source.records, self.source.table_name
+        total = records - (self.stream.hdr + 1 if self.stream else 1) if records else None  # data rows, about
+
+        def text(f: float) -> str:
+            return f"Reading {name}: {int(f * total):,} of {total:,} rows" if total else f"Reading {name}: {f:.0%}"
+
+        with _watch(con, progress, text) if self.stream is None else nullcontext():
+            if self.stream is None:
+                con.execute(f"CREATE OR REPLACE TABLE {target} AS {self.select_sql}")
+        if self.stream is not None:
+            _build_stream(con, target, self, lambda: _watch(con, progress, text))
 
 
 def _prepare(
@@ -1297,7 +1346,7 @@ def _check(c: _Column) -> str | None:
     return f"({x} IS NOT NULL AND ({bad}))"
 
 
-def _build_stream(con: duckdb.DuckDBPyConnection, target: str, p: _Prepared) -> None:
+def _build_stream(con: duckdb.DuckDBPyConnection, target: str, p: _Prepared, watch=nullcontext) -> None:
     """Write a planned narrow table in one pass over its records, then check it.
 
     The one ``CREATE TABLE ... AS SELECT`` writes the typed columns together with a flag per typed
@@ -1329,7 +1378,8 @@ def _build_stream(con: duckdb.DuckDBPyConnection, target: str, p: _Prepared) -> 
         select = [f"{c.expr} AS cfo_c{j}" for j, c in enumerate(cols)] + [f"{vs[j]} AS cfo_raw{j}" for j in sorted(raw_keep)]
         select += [f"{chk} AS cfo_bad{j}" for j, chk in checks.items() if chk]
         select += extra + ["rn AS cfo_rn", "(r_last IS NULL) AS cfo_short"]
-        con.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT {', '.join(select)} FROM {st.clean} WHERE {st.data}")
+        with watch():
+            con.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT {', '.join(select)} FROM {st.clean} WHERE {st.data}")
         if trailing is None:  # the first pass: which rows repeat the header, and the totals at the end
             all_rows, all_last = con.execute(f"SELECT count(*), max(cfo_rn) FROM {target}").fetchone()
             repeats = [r for (r,) in con.execute(f"SELECT cfo_rn FROM {target} WHERE cfo_rehdr ORDER BY cfo_rn").fetchall()]
@@ -1646,6 +1696,7 @@ def ingest_file(
     table_names: dict[str | None, str],
     date_order: str | None = None,
     overrides: dict[str | None, dict[str, dict]] | None = None,
+    progress: Progress | None = None,
 ) -> list[IngestedTable]:
     """Ingest one uploaded file into the DuckDB file at ``db_path``; one table per CSV or worksheet.
 
@@ -1658,7 +1709,10 @@ def ingest_file(
     ``overrides`` maps a label to ``{stored column name: spec}`` (`check_override`): those columns
     get the type chosen there whatever their values look like; when some values do not fit, they
     are NULL in that column and the text of every value is kept beside it in ``<name>_raw`` (said
-    in the notes). Overrides naming no column are ignored.
+    in the notes). Overrides naming no column are ignored. ``progress(fraction, text)`` is called
+    every `PROGRESS_POLL_S` seconds or so during the long steps (checking the file, reading its
+    rows: "Reading sales: 120,000 of 1,000,000 rows", saving into the workspace), from this thread
+    or from a helper thread that watches a long DuckDB statement.
 
     First the limits (`check_limits`, no parsing). Then the file is parsed in a worker process
     under OS limits (`ingest_worker`) into a temporary DuckDB file beside ``db_path``; this process
@@ -1689,18 +1743,19 @@ def ingest_file(
         "path": str(path), "original_name": original_name, "table_names": table_names, "date_order": date_order, "overrides": overrides
     }
     if memory_gb <= 0:  # no worker: parse in this process (CFO_DESK_INGEST_MEMORY_GB=0)
-        return _ingest_local(db_path=str(db_path), **kwargs)
+        return _ingest_local(db_path=str(db_path), **kwargs, progress=progress)
     db_path = Path(db_path)
     db_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".cfo_ingest_", dir=db_path.parent) as tmp:
         staged = Path(tmp) / "staged.duckdb"
         duckdb_limit = f"{max(0.5, memory_gb * 0.5):g}GB"
-        tables = _run("_ingest_local", kwargs | {"db_path": str(staged), "memory_limit": duckdb_limit}, original_name)
-        _copy_tables(db_path, staged, tables, original_name)
+        job = kwargs | {"db_path": str(staged), "memory_limit": duckdb_limit, "progress": progress is not None}
+        tables = _run("_ingest_local", job, original_name, progress)
+        _copy_tables(db_path, staged, tables, original_name, progress)
     return tables
 
 
-def _copy_tables(db_path: Path, staged: Path, tables: list[IngestedTable], original_name: str) -> None:
+def _copy_tables(db_path: Path, staged: Path, tables: list[IngestedTable], original_name: str, progress: Progress | None = None) -> None:
     """Copy the staged tables into the workspace's database in one transaction (all or nothing)."""
     with writer(db_path) as con:
         con.execute(f"ATTACH {_lit(str(staged))} AS cfo_staged (READ_ONLY)")
@@ -1709,7 +1764,8 @@ def _copy_tables(db_path: Path, staged: Path, tables: list[IngestedTable], origi
             with _all_or_nothing(con, original_name):
                 for t in tables:
                     target = f"{quote_ident(catalog)}.main.{quote_ident(t.table_name)}"
-                    con.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT * FROM cfo_staged.main.{quote_ident(t.table_name)}")
+                    with _watch(con, progress, lambda f, t=t: f"Saving {t.table_name}: {f:.0%}"):
+                        con.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT * FROM cfo_staged.main.{quote_ident(t.table_name)}")
         finally:
             con.execute("DETACH cfo_staged")
 
@@ -1739,15 +1795,20 @@ def _limits() -> tuple[int, int]:
 _IN_WORKER = False  # set in the ingest worker process
 
 
-def _run(func: str, kwargs: dict, original_name: str):
-    """``func`` of this module in the ingest worker (or here when the worker is off or this is it)."""
+def _run(func: str, kwargs: dict, original_name: str, progress: Progress | None = None):
+    """``func`` of this module in the ingest worker (or here when the worker is off or this is it).
+    A ``progress`` kwarg of True asks the worker for progress reports, passed on to ``progress``."""
     memory_gb, timeout_s = _worker_limits()
     if _IN_WORKER or memory_gb <= 0:
         kwargs = {k: v for k, v in kwargs.items() if k != "memory_limit"}
+        if "progress" in kwargs:
+            kwargs["progress"] = progress
         return globals()[func](**kwargs)
     from cfo_desk.analytics import ingest_worker  # noqa: PLC0415
 
-    return ingest_worker.call(f"cfo_desk.analytics.ingest.{func}", kwargs, name=original_name, memory_gb=memory_gb, timeout_s=timeout_s)
+    return ingest_worker.call(
+        f"cfo_desk.analytics.ingest.{func}", kwargs, name=original_name, memory_gb=memory_gb, timeout_s=timeout_s, on_progress=progress
+    )
 
 
 @contextmanager
@@ -1776,6 +1837,7 @@ def _ingest_local(
     date_order: str | None,
     memory_limit: str | None = None,
     overrides: dict[str | None, dict[str, dict]] | None = None,
+    progress: Progress | None = None,
 ) -> list[IngestedTable]:
     """The parse and store, in this process (the worker's side of `ingest_file`)."""
     db_path, path = Path(db_path), Path(path)
@@ -1791,7 +1853,7 @@ def _ingest_local(
         for macro in _MACROS:
             con.execute(f"CREATE OR REPLACE TEMP MACRO {macro}")
         if is_csv:
-            sources = [_load_csv(con, path, original_name, ext, table_names[None], Path(tmp))]
+            sources = [_load_csv(con, path, original_name, ext, table_names[None], Path(tmp), progress)]
         else:
             sources = [_load_sheet(con, rows, k, label, table, notes) for k, (label, table, rows, notes) in enumerate(sheets)]
         try:
@@ -1804,7 +1866,7 @@ def _ingest_local(
         with _all_or_nothing(con, original_name):
             for p in prepared:
                 target = f"{quote_ident(catalog)}.main.{quote_ident(p.source.table_name)}"
-                p.build(con, target)
+                p.build(con, target, progress)
                 columns = [
                     ColumnInfo(n, t)
                     for n, t in con.execute(

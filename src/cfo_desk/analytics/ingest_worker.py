@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from multiprocessing.connection import Connection
+from collections.abc import Callable
 from typing import Any
 
 from cfo_desk.analytics.isolation import _is_memory_error, start_child
@@ -66,6 +67,8 @@ def _child_main(in_fd: int, out_fd: int, memory_bytes: int, cpu_s: int) -> None:
     inbox = Connection(in_fd, writable=False)
     outbox = Connection(out_fd, readable=False)
     func_name, kwargs = inbox.recv()
+    if kwargs.get("progress") is True:  # reports go up the same pipe as the reply
+        kwargs["progress"] = lambda fraction, text: outbox.send(("progress", fraction, text))
     try:
         from cfo_desk.analytics import ingest  # noqa: PLC0415
 
@@ -99,9 +102,19 @@ def _failure(exc: BaseException) -> tuple:
 # ---------------------------------------------------------------------------------------- parent
 
 
-def call(func_name: str, kwargs: dict[str, Any], *, name: str, memory_gb: float, timeout_s: float) -> Any:
+def call(
+    func_name: str,
+    kwargs: dict[str, Any],
+    *,
+    name: str,
+    memory_gb: float,
+    timeout_s: float,
+    on_progress: Callable[[float, str], None] | None = None,
+) -> Any:
     """`func_name(**kwargs)` (a dotted name in `cfo_desk`) in a fresh child process with the
-    limits above; returns its result. `name` (the uploaded file's name) prefixes the errors."""
+    limits above; returns its result. `name` (the uploaded file's name) prefixes the errors.
+    With ``kwargs["progress"] = True`` the child sends ``("progress", fraction, text)`` messages
+    while it works; each is passed to ``on_progress`` (in this thread) before the reply."""
     from cfo_desk.analytics.ingest import IngestError  # noqa: PLC0415
 
     memory_bytes = int(memory_gb * (1 << 30))
@@ -119,6 +132,11 @@ def call(func_name: str, kwargs: dict[str, Any], *, name: str, memory_gb: float,
             try:
                 if rx.poll(min(left, 1.0)):
                     reply = rx.recv()
+                    if reply[0] == "progress":
+                        if on_progress is not None:
+                            on_progress(reply[1], reply[2])
+                        reply = None
+                        continue
                     break
             except (EOFError, OSError):
                 pass

@@ -104,6 +104,7 @@ def upload_file(
     on_conflict: OnConflict = "ask",
     date_order: str | None = None,
     include_hidden_sheets: bool = False,
+    progress: ingest.Progress | None = None,
 ) -> list[Dataset]:
     """Keep and ingest one uploaded file; returns its datasets (one per CSV, one per worksheet).
 
@@ -111,7 +112,8 @@ def upload_file(
     "replace" re-uses the table names of the newest of them per worksheet (and drops their tables
     the new file no longer has; older copies kept with "keep both" stay),
     "keep_both" ingests beside them under new names. Worksheets a workbook hides are skipped (and
-    named in the notes) unless ``include_hidden_sheets``. Raises InvalidInput for empty or oversized
+    named in the notes) unless ``include_hidden_sheets``. ``progress(fraction, text)`` hears how a
+    long read goes (see `ingest.ingest_file`). Raises InvalidInput for empty or oversized
     files and ingest.IngestError (file name + problem) for files that can't be read.
     """
     ws = get_workspace(session=session, workspace_id=workspace_id)
@@ -131,7 +133,7 @@ def upload_file(
         if existing and on_conflict == "ask":
             raise DuplicateUpload(original, existing)
         replacing = replace_targets(existing) if on_conflict == "replace" else []
-        return _upload_locked(session, ws, original, data, replacing, date_order, include_hidden_sheets)
+        return _upload_locked(session, ws, original, data, replacing, date_order, include_hidden_sheets, progress)
 
 
 @contextmanager
@@ -149,7 +151,14 @@ def _holding_writer(db_path: Path) -> Iterator[None]:
 
 
 def _upload_locked(
-    session: Session, ws, original: str, data: bytes, replacing: list[Dataset], date_order: str | None, include_hidden: bool
+    session: Session,
+    ws,
+    original: str,
+    data: bytes,
+    replacing: list[Dataset],
+    date_order: str | None,
+    include_hidden: bool,
+    progress: ingest.Progress | None = None,
 ) -> list[Dataset]:
     sha = hashlib.sha256(data).hexdigest()
     rel = f"uploads/{sha[:12]}-{_safe_filename(original)}"
@@ -173,7 +182,13 @@ def _upload_locked(
         # A replacement keeps the column types chosen for the file it replaces (next month's export).
         overrides = {label: old_by_label[label].column_overrides for label in table_names if label in old_by_label}
         tables = ingest.ingest_file(
-            duckdb_path(ws.key), kept, original_name=original, table_names=table_names, date_order=date_order, overrides=overrides
+            duckdb_path(ws.key),
+            kept,
+            original_name=original,
+            table_names=table_names,
+            date_order=date_order,
+            overrides=overrides,
+            progress=progress,
         )
         stamp_provenance(duckdb_path(ws.key), {t.table_name: sha for t in tables})
     except BaseException:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+
 import streamlit as st
+from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 from cfo_desk.services import datasets as datasets_svc
@@ -184,7 +187,13 @@ def _ingest_one(
     try:
         with open_session() as session:
             made = datasets_svc.upload_file(
-                session=session, workspace_id=ws_id, filename=name, data=data, on_conflict=on_conflict, include_hidden_sheets=hidden
+                session=session,
+                workspace_id=ws_id,
+                filename=name,
+                data=data,
+                on_conflict=on_conflict,
+                include_hidden_sheets=hidden,
+                progress=_progress_bar(),
             )
     except datasets_svc.DuplicateUpload:
         pending.append((name, data, hidden))
@@ -195,6 +204,28 @@ def _ingest_one(
             sheet = f" \\[{safe_label(ds.sheet_name)}\\]" if ds.sheet_name else ""
             text = f"{verb} **{safe_label(ds.source_filename)}**{sheet} as {safe_code(ds.table_name)} ({ds.row_count:,} rows)."
             msgs.append(("success", text, ds.id))
+
+
+def _progress_bar():
+    """A progress callback for one upload: draws a bar in the sidebar on its first report (small
+    files finish before any), from the script thread or ingest's watcher thread. Drawing never
+    stops the ingest: a run stopped meanwhile (a page change) raises at Streamlit calls, which are
+    skipped here (see `_uploader`)."""
+    ctx = get_script_run_ctx()
+    bar = None
+
+    def report(fraction: float, text: str) -> None:
+        nonlocal bar
+        try:
+            if get_script_run_ctx(suppress_warning=True) is None:
+                add_script_run_ctx(threading.current_thread(), ctx)
+            if bar is None:
+                bar = st.sidebar.progress(0.0)
+            bar.progress(max(0.0, min(1.0, fraction)), text=safe_label(text))
+        except Exception:  # noqa: BLE001 - StopException and friends: the ingest goes on
+            pass
+
+    return report
 
 
 def _upload_messages() -> None:
