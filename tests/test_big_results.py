@@ -111,15 +111,22 @@ def test_a_million_row_result_is_stored_in_few_row_groups(session):
     assert meta.num_row_groups <= 10  # one group per 10k-row batch made 100+
 
 
-def test_artifacts_page_shows_a_page_at_a_time_and_reads_each_result_once(monkeypatch):
-    sqls = [f"SELECT {n} AS n FROM range({n + 1})" for n in range(22)]  # within the turn's request limit
-    use_model(sql_script(sqls, {"answer_markdown": "Many results."}))
+def _results_in_app(monkeypatch, sqls: list[str], answer: str):
+    """An app whose new workspace has one answer with a result per SQL; the result-head reads
+    counted from here on."""
+    use_model(sql_script(sqls, {"answer_markdown": answer}))
     at = app()
-    create_workspace(at, "Many")
-    _ask_in_app(at, "Run 22 queries")
-    assert "Many results." in texts(at)
+    create_workspace(at, answer)
+    _ask_in_app(at, f"Run {len(sqls)} queries")
+    assert answer in texts(at)
     head = Spy(artifacts_svc.result_head)
     monkeypatch.setattr(artifacts_svc, "result_head", head)
+    return at, head
+
+
+def test_artifacts_page_shows_a_page_at_a_time_and_reads_each_result_once(monkeypatch):
+    sqls = [f"SELECT {n} AS n FROM range({n + 1})" for n in range(22)]  # within the turn's request limit
+    at, head = _results_in_app(monkeypatch, sqls, "Many results.")
 
     at.switch_page("views/artifacts.py").run()
     assert not at.exception, at.exception
@@ -138,14 +145,7 @@ def test_artifacts_page_shows_a_page_at_a_time_and_reads_each_result_once(monkey
 def test_previews_cache_is_bounded_but_keeps_what_a_run_draws(monkeypatch):
     """More results than the bound on one page: all are drawn from the cache on the next rerun."""
     monkeypatch.setattr(results, "MAX_CACHED_PREVIEWS", 3)
-    sqls = [f"SELECT {n} AS n" for n in range(6)]
-    use_model(sql_script(sqls, {"answer_markdown": "Six results."}))
-    at = app()
-    create_workspace(at, "Six")
-    _ask_in_app(at, "Run 6 queries")
-    assert "Six results." in texts(at)
-    head = Spy(artifacts_svc.result_head)
-    monkeypatch.setattr(artifacts_svc, "result_head", head)
+    at, head = _results_in_app(monkeypatch, [f"SELECT {n} AS n" for n in range(6)], "Six results.")
     at.run()
     assert len(at.dataframe) == 6 and head.calls == 0
     assert len(at.session_state[results._PREVIEWS]) == 6

@@ -93,8 +93,8 @@ def _column_types(ds) -> None:
     with st.expander(f"Column types{f' ({len(chosen)} chosen)' if chosen else ''}", icon=":material/tune:"):
         st.caption(
             "Read a column as another type. The dataset is read again from its uploaded file; values that"
-            " don't fit are empty there and kept as text in a `<column>_raw` column. A replacement upload"
-            " of the same file keeps these choices."
+            " don't fit are empty there, and every value is kept as text in a column with `_raw` added to"
+            " its name. A replacement upload of the same file keeps these choices."
         )
         col = st.selectbox(
             "Column",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 import streamlit as st
-from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
+from streamlit.runtime.scriptrunner import RerunException, StopException, add_script_run_ctx, get_script_run_ctx
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 from cfo_desk.services import datasets as datasets_svc
@@ -222,7 +222,7 @@ def _progress_bar():
             if bar is None:
                 bar = st.sidebar.progress(0.0)
             bar.progress(max(0.0, min(1.0, fraction)), text=safe_label(text))
-        except Exception:  # noqa: BLE001 - StopException and friends: the ingest goes on
+        except (Exception, StopException, RerunException):  # noqa: BLE001 - a stopped run: the ingest goes on
             pass
 
     return report
