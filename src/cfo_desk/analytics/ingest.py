@@ -176,7 +176,8 @@ _MACROS = [
     "cfo_iso(v) AS CASE WHEN regexp_full_match(v, "
     + _lit(r"\d{4}[-/]\d{1,2}[-/]\d{1,2}(?:[ T]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?")
     + ") THEN TRY_CAST(replace(v, '/', '-') AS TIMESTAMP) END",
-    "cfo_mon(v) AS CASE WHEN regexp_matches(v, '[A-Za-z]') AND regexp_matches(v, '\\d{2}$')"
+    # Only values naming a month (every format has %b or %B) are tried: 12 formats cost ~13 us a value.
+    "cfo_mon(v) AS CASE WHEN regexp_matches(v, '(?i)jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec') AND regexp_matches(v, '\\d{2}$')"
     f" THEN try_strptime(v, {_MONTH_FORMATS!r}) END",
 ]
 
@@ -408,7 +409,8 @@ class _Source:
     notes: list[str]
     delimiter: str | None = None  # CSV only
     unclosed_quote_line: int | None = None  # CSV only: where a quote opens and never closes
-    records: int | None = None  # CSV only: how many records the file has (for progress)
+    records: int | None = None  # how many records the file (or worksheet) has
+    scan: str | None = None  # the raw columns in record order, no rn: a parallel read where DuckDB can
 
 
 def _load_csv(
@@ -429,22 +431,21 @@ def _load_csv(
         opts += ", encoding='utf-16'"
     for attempt in (1, 2):
         try:
-            # One full sniff (sample_size=-1: a late wider row counts), then every read uses what it
-            # found (auto_detect=false): the same columns each time, and no sniffing per read.
-            sniffed = con.execute(
-                f"SELECT Delimiter, Quote, Escape, NewLineDelimiter, len(Columns) FROM sniff_csv(?, {opts})", [str(src)]
-            ).fetchone()
-            delimiter, quote, escape, newline, width = sniffed
-            read = (
-                f"read_csv({_lit(str(src))}, auto_detect=false, header=false, null_padding=true, parallel=false,"
-                f" comment='', nullstr='\x01cfo-null\x01', delim={_lit(delimiter)},"
-                f" quote={_lit('' if quote == '(empty)' else quote)}, escape={_lit('' if escape == '(empty)' else escape)},"
-                f" new_line={_lit(newline)},"
-                + (" encoding='utf-16'," if encoding == "utf-16" else "")
-                + " columns={" + ", ".join(f"'column{j}': 'VARCHAR'" for j in range(width)) + "})"
-            )
-            with _watch(con, progress, lambda f: f"Checking {name}: {f:.0%}"):
-                (records,) = con.execute(f"SELECT count(*) FROM {read}").fetchone()  # all of it: encoding and layout errors here
+            # A quick sniff (the first _SNIFF_ROWS rows) and the full read that checks it; only when
+            # that read fails, or finds quote characters the sniff did not take for quotes, one
+            # full sniff (sample_size=-1: a late wider row counts) and a read with what it found.
+            # Every read then uses that (auto_detect=false): the same columns each time.
+            try:
+                found = _read_dialect(con, src, opts.replace("sample_size=-1", f"sample_size={_SNIFF_ROWS}"), encoding, name, progress)
+                if found[1] == "(empty)" and _contains(src, b'"'):
+                    found = None
+            except duckdb.Error as e:
+                if "not utf-8 encoded" in str(e).lower():
+                    raise
+                found = None
+            if found is None:
+                found = _read_dialect(con, src, opts, encoding, name, progress)
+            delimiter, quote, read, scan, records = found
             break
         except duckdb.Error as e:
             if attempt == 1 and encoding == "utf-8" and "not utf-8 encoded" in str(e).lower():
@@ -461,7 +462,39 @@ def _load_csv(
                 " quote characters are kept in the values. Check that line in the file"
             )
     relation = f"(SELECT row_number() OVER () - 1 AS rn, * FROM {read})"
-    return _Source(relation, None, None, table, notes, delimiter, unclosed, records)
+    return _Source(relation, None, None, table, notes, delimiter, unclosed, records, scan)
+
+
+_SNIFF_ROWS = 20_480  # rows the quick sniff looks at (DuckDB's default sample)
+
+
+def _read_dialect(con, src: Path, opts: str, encoding: str, name: str, progress) -> tuple[str, str, str, str, int]:
+    """Sniff ``src`` with ``opts``, then read all of it with what was found: (delimiter, quote,
+    read_csv SQL (serial), read_csv SQL for a parallel scan where DuckDB can, records). Raises
+    duckdb.Error for encoding and layout errors (a row wider than the sniffed width among them)."""
+    delimiter, quote, escape, newline, width = con.execute(
+        f"SELECT Delimiter, Quote, Escape, NewLineDelimiter, len(Columns) FROM sniff_csv(?, {opts})", [str(src)]
+    ).fetchone()
+    read = (
+        f"read_csv({_lit(str(src))}, auto_detect=false, header=false, null_padding=true, parallel=false,"
+        f" comment='', nullstr='\x01cfo-null\x01', delim={_lit(delimiter)},"
+        f" quote={_lit('' if quote == '(empty)' else quote)}, escape={_lit('' if escape == '(empty)' else escape)},"
+        f" new_line={_lit(newline)},"
+        + (" encoding='utf-16'," if encoding == "utf-16" else "")
+        + " columns={" + ", ".join(f"'column{j}': 'VARCHAR'" for j in range(width)) + "})"
+    )
+    # In parallel where DuckDB can (it refuses null_padding with quoted newlines, loudly):
+    # `_build_stream` then writes the table with a parallel scan, in file order.
+    scan = read.replace("parallel=false", "parallel=true", 1)
+    with _watch(con, progress, lambda f: f"Checking {name}: {f:.0%}"):
+        try:
+            (records,) = con.execute(f"SELECT count(*) FROM {scan}").fetchone()
+        except duckdb.Error as e:
+            if "quoted new lines" not in str(e):
+                raise
+            scan = read
+            (records,) = con.execute(f"SELECT count(*) FROM {read}").fetchone()
+    return delimiter, quote, read, scan, records
 
 
 def _transcode(path: Path, dest: Path) -> str:
@@ -665,7 +698,9 @@ def _load_sheet(con: duckdb.DuckDBPyConnection, rows: list, k: int, label: str, 
         con.execute(f"CREATE OR REPLACE TEMP TABLE cfo_raw_{k} AS SELECT * FROM cfo_arrow")
     finally:
         con.unregister("cfo_arrow")
-    return _Source(f"(SELECT rowid AS rn, * FROM temp.cfo_raw_{k})", f"cfo_raw_{k}", label, table, list(notes))
+    return _Source(
+        f"(SELECT rowid AS rn, * FROM temp.cfo_raw_{k})", f"cfo_raw_{k}", label, table, list(notes), records=len(rows), scan=f"temp.cfo_raw_{k}"
+    )
 
 
 def _materialised(con: duckdb.DuckDBPyConnection, src: _Source, k: int) -> str:
@@ -1285,6 +1320,9 @@ class _Stream:
     date_order: str | None
     name: str
     overrides: dict[str, dict] = field(default_factory=dict)
+    scan: str | None = None  # the cleaned records without rn, in record order (see `_build_stream`)
+    titles: list[tuple] = field(default_factory=list)  # the title rows above the header (cleaned values)
+    records: int | None = None  # records in the source
 
 
 def _prepare_stream(
@@ -1309,7 +1347,11 @@ def _prepare_stream(
     notes = list(src.notes) + ([_title_note(first, titles)] if titles else [])
     clean = f"(SELECT rn, {cleaned}, {quote_ident(raw_cols[named - 1])} AS r_last FROM {src.relation})"
     unknown = {j for j, st in enumerate(stats) if not st["n"]}
-    plan = _Stream(clean, data, vs, header, int(hdr), named, notes, stats, unknown, date_order, name, dict(overrides or {}))
+    scan = f"(SELECT {cleaned}, {quote_ident(raw_cols[named - 1])} AS r_last FROM {src.scan})" if src.scan else None
+    plan = _Stream(
+        clean, data, vs, header, int(hdr), named, notes, stats, unknown, date_order, name, dict(overrides or {}),
+        scan, [tuple(r[2:]) for r in first[:titles]], src.records,
+    )
     return _Prepared(src, None, [], None, [], plan)
 
 
@@ -1346,6 +1388,46 @@ def _check(c: _Column) -> str | None:
     return f"({x} IS NOT NULL AND ({bad}))"
 
 
+_FAST_US_DEC2 = _lit(
+    r"(?:\(\$?N\)|-?\$?N)".replace("N", r"(?:0|[1-9]\d{0,2}(?:,\d{3})+|[1-9]\d*)(?:\.\d{1,2})?")
+)
+
+
+def _fast(c: _Column) -> tuple[str, str | None]:
+    """(value SQL, fast-path condition or None) of column ``c``: a value that full-matches a narrow
+    regex (the commonest clean shapes) is converted by a plain cast, which gives the general
+    parser's result on such values; they leave no room for rounding, exponents, leading zeros or
+    a time, so only a NULL result is flagged. Any other value goes through ``c.expr`` and `_check`."""
+    x = c.var
+    if c.forced or c.kind == "text":
+        return c.expr, None
+    if c.kind == "number" and c.sql_type == "DECIMAL(18,2)" and "cfo_us(" in c.expr:
+        cond = f"regexp_full_match({x}, {_FAST_US_DEC2})"
+        fe = (
+            f"TRY_CAST(CASE WHEN starts_with({x}, '(') THEN '-' || translate({x}, '$,()', '')"
+            f" ELSE translate({x}, '$,', '') END AS DECIMAL(18,2))"
+        )
+    elif c.kind == "iso" and c.sql_type == "DATE":
+        cond, fe = f"regexp_full_match({x}, '\\d{{4}}-\\d{{2}}-\\d{{2}}')", f"TRY_CAST({x} AS DATE)"
+    elif c.kind == "dm" and c.sql_type == "DATE":
+        fmt = "%d/%m/%Y" if c.expr.endswith("true) AS DATE)") else "%m/%d/%Y"
+        cond, fe = f"regexp_full_match({x}, '\\d{{1,2}}/\\d{{1,2}}/\\d{{4}}')", f"CAST(try_strptime({x}, '{fmt}') AS DATE)"
+    else:
+        return c.expr, None
+    return f"CASE WHEN {cond} THEN {fe} ELSE {c.expr} END", cond
+
+
+def _outer_check(c: _Column, j: int, check: str, fast: bool) -> str:
+    """`_check` of column j over the relation that already holds its value as ``cfo_c{j}`` (and the
+    fast-path condition as ``cfo_f{j}``): the value is not computed again for ``<expr> IS NULL``."""
+    x, head = c.var, f"({c.var} IS NOT NULL AND ("
+    if check.startswith(head + f"{c.expr} IS NULL"):
+        check = head + f"cfo_c{j} IS NULL" + check[len(head + f"{c.expr} IS NULL") :]
+    if not fast:
+        return check
+    return f"({x} IS NOT NULL AND CASE WHEN cfo_f{j} THEN cfo_c{j} IS NULL ELSE {check[len(f'({x} IS NOT NULL AND ') : -1]} END)"
+
+
 def _build_stream(con: duckdb.DuckDBPyConnection, target: str, p: _Prepared, watch=nullcontext) -> None:
     """Write a planned narrow table in one pass over its records, then check it.
 
@@ -1371,28 +1453,62 @@ def _build_stream(con: duckdb.DuckDBPyConnection, target: str, p: _Prepared, wat
     forced = {f"cfo_c{j}": st.overrides[nm] for j, nm in enumerate(provisional) if nm in st.overrides}
     forced_j = {int(t[5:]) for t in forced}
     raw_keep: set[int] = set()
+    # Fast shape: no row_number() window (it makes the whole pipeline single-threaded) and no
+    # DELETE of the header row (deleting rows of a table written in this transaction makes COMMIT
+    # rewrite it: +0.9 s per million rows). The records that are not data are left out by their
+    # content (empty, a repeat of the header, one of the title rows above it); when exactly the
+    # records up to the header were left out (records - rows == hdr + 1), the rows are records
+    # hdr+1, hdr+2, ... in insertion order, so a row's record number is hdr + 1 + rowid - min(rowid).
+    # Otherwise (empty or repeated header rows among the data, or no parallel scan) the table is
+    # written in the serial shape, which numbers the records with a window as before.
+    titles = " OR ".join(
+        "(" + " AND ".join(f"{v} IS NOT DISTINCT FROM {'NULL' if x is None else _lit(x)}" for v, x in zip(vs, t)) + ")"
+        for t in st.titles
+    )
+    keep_row = f"NOT ({_any_value(vs)} IS NOT TRUE OR {repeat}{' OR ' + titles if titles else ''})"
+    serial = st.scan is None or st.records is None
     for attempt in range(3):
         cols = [_Column(f"cfo_c{j}", vs[j], stats[j]) for j in range(named)]
         _type_columns(cols, src.delimiter, st.date_order, forced)
         checks = {j: _check(c) for j, c in enumerate(cols)}
-        select = [f"{c.expr} AS cfo_c{j}" for j, c in enumerate(cols)] + [f"{vs[j]} AS cfo_raw{j}" for j in sorted(raw_keep)]
-        select += [f"{chk} AS cfo_bad{j}" for j, chk in checks.items() if chk]
-        select += extra + ["rn AS cfo_rn", "(r_last IS NULL) AS cfo_short"]
-        with watch():
-            con.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT {', '.join(select)} FROM {st.clean} WHERE {st.data}")
+        fast = {j: _fast(c) for j, c in enumerate(cols)}
+        # Values first, then the checks over them (an inner SELECT): the checks don't compute a
+        # value again (CSE does not look inside the fast path's CASE).
+        inner = [f"{fast[j][0]} AS cfo_c{j}" for j in range(named)] + [f"{cond} AS cfo_f{j}" for j, (_v, cond) in fast.items() if cond]
+        inner += [*vs, "r_last"]
+        select = [f"cfo_c{j}" for j in range(named)] + [f"{vs[j]} AS cfo_raw{j}" for j in sorted(raw_keep)]
+        select += [f"{_outer_check(cols[j], j, chk, fast[j][1] is not None)} AS cfo_bad{j}" for j, chk in checks.items() if chk]
+        select += extra + ["(r_last IS NULL) AS cfo_short"]
+        if not serial:
+            with watch(), _no_filter_pushdown(con):
+                con.execute(
+                    f"CREATE OR REPLACE TABLE {target} AS SELECT {', '.join(select)}"
+                    f" FROM (SELECT {', '.join(inner)} FROM {st.scan} WHERE {keep_row})"
+                )
+            base, kept = con.execute(f"SELECT coalesce(min(rowid), 0), count(*) FROM {target}").fetchone()
+            serial = st.records - kept != st.hdr + 1
+        if serial:
+            with watch():
+                con.execute(
+                    f"CREATE OR REPLACE TABLE {target} AS SELECT {', '.join(select)}, rn AS cfo_rn"
+                    f" FROM (SELECT {', '.join(inner)}, rn FROM {st.clean} WHERE {st.data})"
+                )
+            rn = "cfo_rn"
+        else:
+            rn = f"(rowid - {int(base) - st.hdr - 1})"
         if trailing is None:  # the first pass: which rows repeat the header, and the totals at the end
-            all_rows, all_last = con.execute(f"SELECT count(*), max(cfo_rn) FROM {target}").fetchone()
-            repeats = [r for (r,) in con.execute(f"SELECT cfo_rn FROM {target} WHERE cfo_rehdr ORDER BY cfo_rn").fetchall()]
-            totals = con.execute(f"SELECT cfo_rn, cfo_label FROM {target} WHERE cfo_total AND NOT cfo_rehdr ORDER BY cfo_rn").fetchall()
-            (last_data,) = con.execute(f"SELECT max(cfo_rn) FROM {target} WHERE NOT cfo_total AND NOT cfo_rehdr").fetchone()
+            all_rows, all_last = con.execute(f"SELECT count(*), max({rn}) FROM {target}").fetchone()
+            repeats = [r for (r,) in con.execute(f"SELECT {rn} FROM {target} WHERE cfo_rehdr ORDER BY 1").fetchall()]
+            totals = con.execute(f"SELECT {rn}, cfo_label FROM {target} WHERE cfo_total AND NOT cfo_rehdr ORDER BY 1").fetchall()
+            (last_data,) = con.execute(f"SELECT max({rn}) FROM {target} WHERE NOT cfo_total AND NOT cfo_rehdr").fetchone()
             trailing = [t for t in totals if last_data is not None and t[0] > last_data]
             middle = [t for t in totals if t not in trailing]
             left_out = [r for r, _ in trailing]
             full_data = f"{st.data} AND NOT {repeat}" + (f" AND rn NOT IN ({', '.join(map(str, left_out))})" if left_out else "")
         if repeats or trailing:
-            con.execute(f"DELETE FROM {target} WHERE cfo_rehdr" + "".join(f" OR cfo_rn = {r}" for r, _ in trailing))
+            con.execute(f"DELETE FROM {target} WHERE cfo_rehdr" + "".join(f" OR {rn} = {r}" for r, _ in trailing))
         flagged = [j for j, chk in checks.items() if chk]
-        aggs = ["count(*)", "max(cfo_rn)", "count_if(cfo_short)"]
+        aggs = ["count(*)", "0", "count_if(cfo_short)"]
         aggs += [f"count_if(cfo_bad{j})" for j in flagged] + [f"count(cfo_x{j})" for j in range(named, len(vs))]
         aggs += [f"count(cfo_c{j})" for j in sorted(st.unknown)]
         got = con.execute(f"SELECT {', '.join(aggs)} FROM {target}").fetchone()
@@ -1423,7 +1539,7 @@ def _build_stream(con: duckdb.DuckDBPyConnection, target: str, p: _Prepared, wat
     keep = [j for j in range(named) if st.header[j] is not None or con.execute(f"SELECT count(cfo_c{j}) FROM {target}").fetchone()[0]]
     names, name_notes = _column_names(st.header, keep)
     helpers = [f"cfo_bad{j}" for j, chk in checks.items() if chk] + [f"cfo_x{j}" for j in range(named, len(vs))]
-    helpers += ["cfo_rn", "cfo_short", "cfo_rehdr", "cfo_total", "cfo_label"] + [f"cfo_c{j}" for j in range(named) if j not in keep]
+    helpers += (["cfo_rn"] if serial else []) + ["cfo_short", "cfo_rehdr", "cfo_total", "cfo_label"] + [f"cfo_c{j}" for j in range(named) if j not in keep]
     for h in helpers:
         con.execute(f"ALTER TABLE {target} DROP COLUMN {h}")
     for j, nm in zip(keep, names):
@@ -1456,6 +1572,19 @@ def _build_stream(con: duckdb.DuckDBPyConnection, target: str, p: _Prepared, wat
             notes.append(_demoted_note(c.name, sample_kinds[j], first_bad[j]))
     p.notes = notes + [c.note for c in cols if c.note] + raw_notes + date_notes
     p.date_order, p.ambiguous = order, ambiguous
+
+
+@contextmanager
+def _no_filter_pushdown(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Run a statement without DuckDB's filter pushdown: pushing the WHERE below the cleaning
+    projection inlines cfo_clean (a regex) into the filter, where it runs again (-25% on 1M rows)."""
+    (before,) = con.execute("SELECT current_setting('disabled_optimizers')").fetchone()
+    names = [n for n in (before or "").split(",") if n.strip()]
+    con.execute(f"SET disabled_optimizers = {_lit(','.join(names + ['filter_pushdown']))}")
+    try:
+        yield
+    finally:
+        con.execute(f"SET disabled_optimizers = {_lit(before or '')}")
 
 
 # ----------------------------------------------------------------------------- limits
