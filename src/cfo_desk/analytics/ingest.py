@@ -2,17 +2,22 @@
 
 One path for both formats:
 
-1. **Raw cells.** Every cell is loaded as text into a temporary table, in file order. CSV files are
-   parsed by DuckDB's ``read_csv`` (path as a bound parameter; ``header=false, all_varchar=true,
-   null_padding=true, parallel=false, sample_size=-1``, so a late ``N/A`` or a late long row cannot
-   surprise the sniffer). Worksheets are read with openpyxl (``read_only``, ``data_only``; defusedxml
+1. **Raw cells**, as text, in file order. CSV files are read by DuckDB's ``read_csv`` (path quoted
+   as a literal; ``header=false``, every column VARCHAR, ``null_padding=true``) with the dialect a
+   quick sniff found, checked by one full read (encoding and layout errors surface there; when it
+   fails, or finds quote characters the sniff did not take for quotes, a full sniff decides).
+   Nothing is copied: tables of at most `_COLUMN_CHUNK` columns are written in one
+   ``CREATE TABLE ... AS SELECT`` over ``read_csv`` (`_build_stream`), wider ones from a temp table
+   of the raw cells. Worksheets are read with openpyxl (``read_only``, ``data_only``; defusedxml
    guards the XML) and their values turned into text: numbers in plain decimal notation, date cells
    as ISO dates, booleans as ``true``/``false``.
 2. **Header.** The first non-empty row; up to 5 one-cell title rows above a wider row (``"ACME Corp -
    Sales Q4"``, Excel's ``sep=;``) are skipped and noted. Names become lowercase snake_case (``"Invoice Date"`` ->
    ``invoice_date``); blank headers become ``column_N`` (N = 1-based position), duplicates get
    ``_2``, ``_3``; a leading digit gets ``col_``; an SQL keyword gets ``_col``. Columns with no header
-   and no values are dropped. Empty rows are skipped.
+   and no values are dropped. Empty rows are skipped, and so are rows that repeat the header;
+   total rows at the end (a first cell that is just "Total", "Subtotal", "Grand total") are left out
+   of the table, and other total rows kept; all said in the notes.
 3. **Types**, decided per column in SQL over the trimmed text, where ``N/A``, ``n/a``, ``#N/A``,
    ``-``, ``--``, ``null``, ``nan`` and empty cells are NULL. Every format below is tried on the
    first `SAMPLE_ROWS` data rows; every row is then checked in the one format the sample chose, and
@@ -1134,7 +1139,6 @@ def _prepare(
     width = len(con.execute(f"SELECT * FROM {src.relation} LIMIT 0").description) - 1
     if width <= _COLUMN_CHUNK:
         return _prepare_stream(con, src, k, name, date_order, overrides)
-    label = f"{name}: worksheet {src.label!r}"
     raw = _materialised(con, src, k)
     raw_cols = [d[0] for d in con.execute(f"SELECT * FROM temp.{raw} LIMIT 0").description]
     vs = [f"v{j}" for j in range(len(raw_cols))]
@@ -1508,17 +1512,17 @@ def _build_stream(con: duckdb.DuckDBPyConnection, target: str, p: _Prepared, wat
         if repeats or trailing:
             con.execute(f"DELETE FROM {target} WHERE cfo_rehdr" + "".join(f" OR {rn} = {r}" for r, _ in trailing))
         flagged = [j for j, chk in checks.items() if chk]
-        aggs = ["count(*)", "0", "count_if(cfo_short)"]
+        aggs = ["count(*)", "count_if(cfo_short)"]
         aggs += [f"count_if(cfo_bad{j})" for j in flagged] + [f"count(cfo_x{j})" for j in range(named, len(vs))]
         aggs += [f"count(cfo_c{j})" for j in sorted(st.unknown)]
         got = con.execute(f"SELECT {', '.join(aggs)} FROM {target}").fetchone()
-        rows, short = got[0], got[2]
-        bad = {j: n for j, n in zip(flagged, got[3 : 3 + len(flagged)]) if n and j not in raw_keep}
+        rows, short = got[0], got[1]
+        bad = {j: n for j, n in zip(flagged, got[2 : 2 + len(flagged)]) if n and j not in raw_keep}
         if attempt == 0:
             first_bad = dict(bad)
         new_raw = set(bad) & forced_j  # the analyst's type stays; the text goes beside it
         bad = {j: n for j, n in bad.items() if j not in forced_j}
-        rest = got[3 + len(flagged) :]
+        rest = got[2 + len(flagged) :]
         if src.delimiter is not None and any(rest[: len(vs) - named]):
             raise _too_many_fields(con, st.clean, vs, st.hdr, named, src, st.name)
         seen = {j for j, n in zip(sorted(st.unknown), rest[len(vs) - named :]) if n}
