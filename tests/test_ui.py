@@ -427,3 +427,49 @@ def test_an_overlong_question_is_refused_and_kept_in_the_composer():
     at.chat_input[0].set_value("Short now?").run()
     settle(at)
     assert "unused" in texts(at)
+
+
+def test_a_question_that_starts_while_the_page_draws_is_shown_once(monkeypatch):
+    """The page reads the open runs, then the conversation. A run queued at the first read that
+    the worker starts before the second has committed its question in between: it must be drawn
+    once (by the live view), not also as a message of the conversation (seen in chromium)."""
+    import time as _time
+
+    from cfo_desk.services import runs as runs_svc
+    from cfo_desk.services import threads as threads_svc
+    from cfo_desk.services import worker as worker_svc
+    from cfo_desk.services.session import open_session
+
+    from types import SimpleNamespace
+
+    from cfo_desk.ui import shell
+
+    real_start, real_conversation = worker_svc.start_worker, threads_svc.conversation
+    shell._run_worker.clear()
+    monkeypatch.setattr(worker_svc, "start_worker", lambda: SimpleNamespace(alive=True))  # runs stay queued ...
+
+    def conversation_after_the_run_started(*, session, thread_id):
+        open_ids = [r.id for r in runs_svc.open_runs(session=session, thread_id=thread_id)]
+        if open_ids:  # ... until the page has read them: now the worker starts the run
+            real_start()
+            deadline = _time.monotonic() + 20
+            while _time.monotonic() < deadline:
+                with open_session() as other:
+                    if runs_svc.question_ids(session=other, run_ids=open_ids):
+                        break
+                _time.sleep(0.05)
+        return real_conversation(session=session, thread_id=thread_id)
+
+    monkeypatch.setattr(threads_svc, "conversation", conversation_after_the_run_started)
+    use_model(sql_script(["SELECT 1 AS one"], {"answer_markdown": "Done."}, delay_s=3.0))
+    try:
+        at = app()
+        create_workspace(at, "W")
+        at.chat_input[0].set_value("Asked exactly once?").run()
+        assert not at.exception, at.exception
+        shown = [m for m in at.chat_message if m.name == "user" and any("Asked exactly once?" in md.value for md in m.markdown)]
+        assert len(shown) == 1
+    finally:
+        monkeypatch.setattr(worker_svc, "start_worker", real_start)
+        shell._run_worker.clear()  # no stand-in cached for later tests
+    settle(at)

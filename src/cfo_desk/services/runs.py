@@ -51,6 +51,7 @@ __all__ = [
     "heartbeat",
     "open_runs",
     "open_runs_with_questions",
+    "question_ids",
     "recover_expired",
     "request_stop",
     "runs_by_reply",
@@ -142,6 +143,15 @@ def open_runs(*, session: Session, thread_id: int) -> list[Run]:
     """The thread's queued and running runs, oldest first (the running one, if any, comes first)."""
     stmt = select(Run).where(Run.thread_id == thread_id, Run.status.in_(OPEN)).order_by(Run.id)
     return list(session.exec(stmt.execution_options(populate_existing=True)))
+
+
+def question_ids(*, session: Session, run_ids: list[int]) -> set[int]:
+    """The question (user message) ids of these runs, read now: a run that was queued when it was
+    first read may have started since and committed its question."""
+    if not run_ids:
+        return set()
+    stmt = select(Run.user_message_id).where(Run.id.in_(run_ids), Run.user_message_id.is_not(None))
+    return set(session.exec(stmt))
 
 
 def open_runs_with_questions(*, session: Session, thread_id: int) -> list[tuple[Run, str]]:

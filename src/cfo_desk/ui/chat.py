@@ -52,8 +52,10 @@ def render() -> None:
         messages = threads_svc.conversation(session=session, thread_id=thread.id) if thread else []
         arts = artifacts_svc.artifacts_by_message(session=session, message_ids=[m.id for m in messages])
         ended = runs.runs_by_reply(session=session, message_ids=[m.id for m in messages if not MessageStatus(m.status).answered])
+        # Read after `messages`: a queued run that started in between has committed its question,
+        # which the live view draws (else the question showed twice, seen in chromium).
+        live_questions = runs.question_ids(session=session, run_ids=[r.id for r in live])
     frames = results.previews(a for items in arts.values() for a in items)
-    live_questions = {r.user_message_id for r in live if r.user_message_id is not None}
     # From the first question a run is working on, the live view draws the thread (a Retry's
     # question and not its old failed reply; a started question and its progress).
     cut = next((i for i, m in enumerate(messages) if m.id in live_questions), len(messages))
