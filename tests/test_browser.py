@@ -279,6 +279,16 @@ _SETTLED = """n => window.__runsDone > n
   && !document.querySelector('[data-stale="true"]')"""
 
 
+def _heading(scope, name: str, timeout: int = UI_TIMEOUT_MS, exact: bool = False) -> None:
+    """A page title, once and visible: during a rerun Streamlit can keep the old title beside the
+    new one until the run ends (a strict `to_be_visible` then fails at once on two elements)."""
+    from playwright.sync_api import expect
+
+    title = scope.get_by_role("heading", name=name, exact=exact)
+    expect(title).to_have_count(1, timeout=timeout)
+    expect(title).to_be_visible(timeout=timeout)
+
+
 def _rerun(page, action) -> None:
     """Do `action` and wait until a script run started after it has finished (not for pages with
     a live run: its fragment reruns every second, so "a run finished" says nothing there)."""
@@ -345,11 +355,11 @@ def _journey(page, url: str, csv_path: Path, expect) -> None:
 
     # 3. New thread, ask; the answer, its table and its SQL appear.
     rerun(sidebar.get_by_role("button", name="New thread").click)
-    expect(main.get_by_role("heading", name="New thread")).to_be_visible()
+    _heading(main, "New thread")
     rerun(lambda: ask(QUESTION_1))
     expect(main.get_by_text(ANSWER_1)).to_have_count(1)
     expect(main.get_by_text(ANSWER_1)).to_be_visible()
-    expect(main.get_by_role("heading", name=QUESTION_1)).to_be_visible()  # the question names the thread
+    _heading(main, QUESTION_1)  # the question names the thread
     expect(main.get_by_test_id("stDataFrame")).to_have_count(1)
     expect(main.get_by_test_id("stDataFrame")).to_be_visible()
     expect(main.get_by_test_id("stExpander").filter(has_text="SQL")).to_have_count(1)
@@ -379,7 +389,7 @@ def _journey(page, url: str, csv_path: Path, expect) -> None:
     source = sidebar.get_by_role("button", name=QUESTION_1).filter(has_not_text="(fork)")
     expect(source).to_have_count(1)
     rerun(source.click)
-    expect(main.get_by_role("heading", name=QUESTION_1, exact=True)).to_be_visible()
+    _heading(main, QUESTION_1, exact=True)
     expect(main.get_by_text("Forked from")).to_have_count(0)
     expect(main.get_by_text(ANSWER_1)).to_have_count(1)
     expect(main.get_by_text(ANSWER_1)).to_be_visible()
@@ -390,7 +400,7 @@ def _journey(page, url: str, csv_path: Path, expect) -> None:
     # 7. A deep link (and a reload) reopens the same workspace through app.py: our navigation,
     #    the Data page with the uploaded dataset, no auto-discovered "app" page.
     page.goto(url.rstrip("/") + "/data")
-    expect(main.get_by_role("heading", name="Data")).to_be_visible(timeout=30_000)
+    _heading(main, "Data", timeout=30_000)
     expect(main.get_by_role("combobox", name="Dataset")).to_have_value(re.compile(r"revenue\s*·\s*4 rows"))
     expect(page.get_by_test_id("stSidebarNav").get_by_text("Artifacts")).to_be_visible()
     expect(page.get_by_test_id("stSidebarNav").get_by_text("app", exact=True)).to_have_count(0)
@@ -427,7 +437,7 @@ def _start_held_run(page, url: str, stub: StubOpenAIServer, tmp_path: Path, work
     _expect_live(page)
     # The URL names the thread from the moment the question is queued.
     expect(page).to_have_url(re.compile(r"[?&]ws=\d+.*[?&]thread=\d+"))
-    expect(main.get_by_role("heading", name=QUESTION_1)).to_be_visible()
+    _heading(main, QUESTION_1)
     _wait_for(lambda: len(stub.requests) == 2)  # the held request (sent right after the SQL step)
     assert not stub.disconnected
 
@@ -494,7 +504,7 @@ def test_run_survives_leaving_the_chat_page(chromium: str, app_url: str, stub: S
 
         # Away to the Data page while the run goes; it keeps going there (the model call is pending).
         nav.get_by_role("link", name="Data").click()
-        expect(main.get_by_role("heading", name="Data")).to_be_visible()
+        _heading(main, "Data")
         expect(main.get_by_role("combobox", name="Dataset")).to_have_value(re.compile(r"revenue\s*·\s*4 rows"))
         expect(main.get_by_text(WORKING)).to_have_count(0)
         page.wait_for_timeout(1_500)
@@ -502,7 +512,7 @@ def test_run_survives_leaving_the_chat_page(chromium: str, app_url: str, stub: S
 
         # Back to Chat: the same thread, the run still in progress, then its answer.
         nav.get_by_role("link", name="Chat").click()
-        expect(main.get_by_role("heading", name=QUESTION_1)).to_be_visible()
+        _heading(main, QUESTION_1)
         expect(page).to_have_url(re.compile(r"[?&]thread=\d+"))
         _expect_live(page)
         stub.release()
@@ -522,7 +532,7 @@ def test_run_survives_reload_and_closed_tab(chromium: str, app_url: str, stub: S
 
         # Reload: a new session lands on the same thread (from the URL) with the same run going.
         page.reload()
-        expect(main.get_by_role("heading", name=QUESTION_1)).to_be_visible(timeout=30_000)
+        _heading(main, QUESTION_1, timeout=30_000)
         assert _place(page.url) == _place(thread_url)
         _expect_live(page)
         assert _elapsed_s(page) >= before  # the same run's clock, not a new run
@@ -536,7 +546,7 @@ def test_run_survives_reload_and_closed_tab(chromium: str, app_url: str, stub: S
         page = context.new_page()
         _prepare(page)
         page.goto(thread_url)
-        expect(page.get_by_role("main").get_by_role("heading", name=QUESTION_1)).to_be_visible(timeout=30_000)
+        _heading(page.get_by_role("main"), QUESTION_1, timeout=30_000)
         _expect_live(page)
         assert len(stub.requests) == 2 and not stub.disconnected
 
