@@ -104,13 +104,20 @@ def test_list_and_profile_tools_describe_the_data(session, sample):
     assert "Unknown table 'nope'" in content
 
 
-def test_sandbox_refusal_goes_back_to_the_model(session, sample):
-    _, thread = sample
-    seen_returns = []
+def _collecting_answer():
+    """(the tool returns the model saw, an answer builder that records them and says "ok")."""
+    seen_returns: list = []
 
     def answer(returns):
         seen_returns.extend(returns)
         return {"answer_markdown": "ok"}
+
+    return seen_returns, answer
+
+
+def test_sandbox_refusal_goes_back_to_the_model(session, sample):
+    _, thread = sample
+    seen_returns, answer = _collecting_answer()
 
     reply = turns.ask(
         session=session, thread_id=thread.id, content="export it",
@@ -123,11 +130,7 @@ def test_sandbox_refusal_goes_back_to_the_model(session, sample):
 
 def test_a_revealing_function_is_refused_back_to_the_model_with_its_name(session, sample):
     _, thread = sample
-    seen_returns = []
-
-    def answer(returns):
-        seen_returns.extend(returns)
-        return {"answer_markdown": "ok"}
+    seen_returns, answer = _collecting_answer()
 
     reply = turns.ask(
         session=session, thread_id=thread.id, content="where is the data?",

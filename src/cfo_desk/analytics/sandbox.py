@@ -336,18 +336,6 @@ def unique_names(names: list[str]) -> list[str]:
     return out
 
 
-def _base_tables(node: object, out: set[str]) -> set[str]:
-    if isinstance(node, dict):
-        if node.get("type") == "BASE_TABLE" and isinstance(node.get("table_name"), str):
-            out.add(node["table_name"])
-        for value in node.values():
-            _base_tables(value, out)
-    elif isinstance(node, list):
-        for value in node:
-            _base_tables(value, out)
-    return out
-
-
 def tables_read(con: duckdb.DuckDBPyConnection, sql: str) -> list[str]:
     """The workspace tables a query reads, by DuckDB's own parser.
 
@@ -360,7 +348,8 @@ def tables_read(con: duckdb.DuckDBPyConnection, sql: str) -> list[str]:
     except duckdb.Error:
         pass
     (tree,) = con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
-    names = _base_tables(json.loads(tree), set())
+    refs = _references(json.loads(tree), [])
+    names = {node["table_name"] for kind, node in refs if kind == "table" and isinstance(node.get("table_name"), str)}
     existing = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()").fetchall()}
     return sorted(names & existing)
 
