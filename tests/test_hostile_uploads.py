@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import zipfile
+from decimal import Decimal
 from pathlib import Path
 
 import duckdb
@@ -250,28 +251,42 @@ def test_parse_timeout(session, ws, monkeypatch):
     assert_nothing_left_and_next_upload_works(session, ws)
 
 
-def test_failed_copy_rolls_back_every_table(session, ws, monkeypatch, tmp_path):
-    """The parent's copy from the staged database is one transaction: a failure on the second
-    table leaves the first (being replaced) as it was."""
-    path = tmp_path / "two.xlsx"
-    from messy_files import write_xlsx
+def test_upload_stopped_mid_write_leaves_the_workspace_as_it_was(session, ws, tmp_path):
+    """The worker writes straight into the workspace's file, in one transaction. When the upload
+    is stopped while the table is being written (here: the page's progress callback raises, as
+    when the analyst leaves the page), the worker is killed before the workspace's locks are let
+    go: the table it was replacing keeps its old rows, the file opens, the next upload works."""
+    (old,) = ds_svc.upload_file(session=session, workspace_id=ws.id, filename="sales.csv", data=GOOD)
+    big = tmp_path / "sales.csv"
+    with duckdb.connect() as con:  # 3M rows: the write takes over a second, so progress is reported during it
+        con.execute(
+            "COPY (SELECT DATE '2024-01-01' + CAST(i % 365 AS INTEGER) AS month, i / 100 AS revenue FROM range(3000000) t(i))"
+            f" TO '{big}' (HEADER)"
+        )
 
-    write_xlsx(path, {"A": [["x"], [1]], "B": [["y"], [2]]})
-    made = ds_svc.upload_file(session=session, workspace_id=ws.id, filename="two.xlsx", data=path.read_bytes())
-    assert sorted(d.table_name for d in made) == ["two_a", "two_b"]
-    db = duckdb_path(ws.key)
-    real_copy = ingest._copy_tables
+    class LeftThePage(Exception):
+        pass
 
-    def broken_copy(db_path, staged, tabs, name, progress=None):
-        with duckdb.connect(str(staged)) as con:  # the staged B vanishes: its copy fails after A's
-            con.execute(f'DROP TABLE "{tabs[-1].table_name}"')
-        return real_copy(db_path, staged, tabs, name, progress)
+    heard: list[str] = []
 
-    monkeypatch.setattr(ingest, "_copy_tables", broken_copy)
-    write_xlsx(path, {"A": [["x"], [10]], "B": [["y"], [20]]})
-    with pytest.raises(IngestError, match=r"^two\.xlsx: could not be stored"):
-        ds_svc.upload_file(session=session, workspace_id=ws.id, filename="two.xlsx", data=path.read_bytes(), on_conflict="replace")
-    with duckdb.connect(str(db), read_only=True) as con:
-        assert con.execute("SELECT x FROM two_a").fetchall() == [(1,)]
-        assert con.execute("SELECT y FROM two_b").fetchall() == [(2,)]
-    assert [p.name for p in workspace_dir(ws.key).iterdir() if p.name.startswith(".cfo_ingest_")] == []
+    def progress(fraction: float, text: str) -> None:
+        heard.append(text)
+        if text.startswith("Reading sales"):
+            raise LeftThePage
+
+    with pytest.raises(LeftThePage):
+        ds_svc.upload_file(
+            session=session, workspace_id=ws.id, filename="sales.csv", data=big.read_bytes(), on_conflict="replace", progress=progress
+        )
+    assert heard[-1].startswith("Reading sales")
+    with duckdb.connect(str(duckdb_path(ws.key)), read_only=True) as con:
+        assert con.execute("SELECT CAST(month AS VARCHAR), revenue FROM sales ORDER BY 1").fetchall() == [
+            ("2024-01-01", Decimal("100.50")),
+            ("2024-02-01", Decimal("200.25")),
+        ]
+    (d,) = ds_svc.list_datasets(session=session, workspace_id=ws.id)
+    assert (d.id, d.row_count, d.sha256) == (old.id, 2, old.sha256)
+    (again,) = ds_svc.upload_file(
+        session=session, workspace_id=ws.id, filename="sales.csv", data=GOOD + b"2024-03-01,300\n", on_conflict="replace"
+    )
+    assert again.row_count == 3

@@ -575,8 +575,50 @@ def test_types_are_tried_on_a_sample_and_checked_over_every_row(tmp_path):
     ) in r.notes
     assert r.date_order is None  # 13/02 makes booked day-first: nothing was assumed
     db = tmp_path / "ws.duckdb"
-    assert query(db, f"SELECT amount, qty, booked FROM t WHERE id = {n - 1}") == [("oops", DEC("2.00"), D(2024, 2, 13))]
+    assert query(db, f"SELECT amount, qty, booked FROM t WHERE id = {n - 1}") == [("oops", DEC(f"{(n - 1) % 7}.00"), D(2024, 2, 13))]
     assert query(db, "SELECT booked FROM t WHERE id = 1") == [(D(2024, 2, 2),)]
+
+
+def test_a_late_row_with_an_extra_field_is_named_by_its_line(tmp_path):
+    """Far into a file (past the sniffer's sample), one unquoted thousands separator: the error names
+    the line and how it starts (DuckDB reads the lines in parallel; the line number still comes through)."""
+    lines = ["id,memo,amount"] + [f"{i},x,{i}.5" if i != 25_000 else f"{i},x,$1,234.50" for i in range(30_000)]
+    with pytest.raises(IngestError) as info:
+        ingest_csv(tmp_path, "late.csv", ("\n".join(lines) + "\n").encode())
+    assert str(info.value) == (
+        "late.csv: line 25002 has 4 fields where the lines before it have 3 (the line starts '25000,x,$1,234.50');"
+        " a value probably contains an unquoted delimiter. Quote that value, then upload again."
+    )
+
+
+def test_plain_shapes_in_the_sample_still_read_later_shapes_right(tmp_path):
+    """A column whose sample is all plain shapes (2024-01-31, 31/01/2024, 1234.5) is written with a
+    plain cast; later values in other shapes it takes (2024/3/7, 7.3.2024, $1,234.50) are read as
+    the general parser reads them, and a later code with a leading zero still keeps its column as
+    text, with the count of such values."""
+    n = ingest.SAMPLE_ROWS + 20
+    lines = ["day,booked,paid,amount,rate,ref"]
+    for i in range(n):
+        late = i >= ingest.SAMPLE_ROWS + 10  # past the sample (which may hold a few more rows than SAMPLE_ROWS)
+        day = "2024/3/7" if late else f"2024-01-{1 + i % 28:02d}"
+        booked = "7.3.2024" if late else f"{13 + i % 15}/01/2024"
+        paid = "8/3/24" if i == n - 3 else f"{13 + i % 15}/02/2024"  # strptime's %Y would make it year 24
+        amount = '"$1,234.50"' if late else f"{i}.5"
+        amount = "1.125" if i == n - 2 else amount
+        rate = "2.125" if i == n - 2 else f"{i % 100}.25"  # a cast to DECIMAL(18,2) would round it
+        ref = "007" if i == n - 1 else str(100 + i)
+        lines.append(f"{day},{booked},{paid},{amount},{rate},{ref}")
+    r = ingest_csv(tmp_path, "plain.csv", ("\n".join(lines) + "\n").encode())
+    db = tmp_path / "ws.duckdb"
+    assert types(db, "t") == {"day": "DATE", "booked": "DATE", "paid": "DATE", "amount": "DOUBLE", "rate": "DOUBLE", "ref": "VARCHAR"}
+    assert query(db, "SELECT day, booked, amount, ref FROM t WHERE ref = '007'") == [(D(2024, 3, 7), D(2024, 3, 7), 1234.5, "007")]
+    assert query(db, f"SELECT amount, rate FROM t WHERE ref = '{100 + n - 2}'") == [(1.125, 2.125)]
+    assert query(db, f"SELECT paid FROM t WHERE ref = '{100 + n - 3}'") == [(D(2024, 3, 8),)]
+    assert query(db, "SELECT day, booked, amount FROM t WHERE ref = '100'") == [(D(2024, 1, 1), D(2024, 1, 13), 0.5)]
+    assert (
+        f"Column 'ref' holds whole numbers in its first {ingest.SAMPLE_ROWS:,} rows, but 1 later value does not fit;"
+        " the column is kept as text"
+    ) in r.notes
 
 
 # ----------------------------------------------------------------------------- real exports
@@ -728,14 +770,14 @@ def test_progress_reports_rows_read_from_the_worker(tmp_path):
     path = tmp_path / "big.csv"
     con = duckdb.connect()
     con.execute(
-        f"COPY (SELECT DATE '2024-01-01' + (i % 365)::INT AS day, i % 97 AS qty, 'x' || i AS ref FROM range(1000000) t(i))"
+        f"COPY (SELECT DATE '2024-01-01' + (i % 365)::INT AS day, i % 97 AS qty, 'x' || i AS ref FROM range(3000000) t(i))"
         f" TO '{path}' (HEADER)"
     )
     con.close()
     events: list[tuple[float, str]] = []
     [r] = ingest_file(tmp_path / "ws.duckdb", path, original_name="big.csv", table_names={None: "big"}, progress=lambda f, t: events.append((f, t)))
-    assert r.row_count == 1_000_000
+    assert r.row_count == 3_000_000
     reading = [(f, t) for f, t in events if t.startswith("Reading big: ")]
     assert reading, events  # the worker's reports came up the pipe while it read the rows
     assert all(0 <= f <= 1 for f, _ in events)
-    assert re.fullmatch(r"Reading big: [\d,]+ of 1,000,000 rows", reading[-1][1])
+    assert re.fullmatch(r"Reading big: [\d,]+ of 3,000,000 rows", reading[-1][1])

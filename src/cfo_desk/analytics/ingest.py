@@ -87,7 +87,7 @@ import threading
 import unicodedata
 import zipfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cache
@@ -96,7 +96,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from cfo_desk.analytics.store import quote_ident, writer
+from cfo_desk.analytics.store import WorkspaceBusy, lend, lent_writer, quote_ident, writer
 
 CSV_EXTENSIONS = (".csv", ".tsv", ".txt")
 XLSX_EXTENSIONS = (".xlsx", ".xlsm")
@@ -113,7 +113,7 @@ MAX_XLSX_UNCOMPRESSED_BYTES = 1 << 30  # sum of the workbook's decompressed zip 
 MAX_XLSX_RATIO = 100  # decompressed / compressed size of any zip part over 1 MB decompressed
 MAX_SHARED_STRINGS = 5_000_000  # entries in the workbook's shared strings table
 CSV_SAMPLE_BYTES = 1 << 20  # how much of a CSV the column count looks at
-SAMPLE_ROWS = 20_000  # data rows on which every format is tried (then each column is checked over all rows in one)
+SAMPLE_ROWS = 5_000  # data rows on which every format is tried (then each column is checked over all rows in one)
 # The parse runs in a worker process (ingest_worker) with these defaults (settings override them):
 INGEST_MEMORY_GB = 4.0  # CFO_DESK_INGEST_MEMORY_GB: address space (RLIMIT_AS) of the worker; 1,000 columns peaked at 3.2 GB (VmPeak)
 INGEST_TIMEOUT_S = 300.0  # CFO_DESK_INGEST_TIMEOUT_S: wall-clock seconds one parse may take
@@ -340,8 +340,13 @@ def _duckdb_message(e: BaseException) -> str:
     line = next((ln for ln in lines if ln.startswith("CSV Error on Line")), "")
     detail = next((ln for ln in lines[1:] if not ln.startswith(("Original Line", "CSV Error"))), "")
     if m := re.search(r"Expected Number of Columns: (\d+) Found: (\d+)", str(e)):
-        n = re.search(r"Line: (\d+)", line)
-        return f"line {n.group(1) if n else '?'} has {m.group(2)} fields, expected {m.group(1)}"
+        n = re.search(r"CSV Error on Line: (\d+)", str(e))
+        start = re.search(r"Original Line: (.{0,40})", str(e))
+        return (
+            f"{f'line {n.group(1)}' if n else 'a line'} has {m.group(2)} fields where the lines before it have {m.group(1)}"
+            + (f" (the line starts {start.group(1)!r})" if start else "")
+            + "; a value probably contains an unquoted delimiter. Quote that value, then upload again."
+        )
     if m := re.search(r"Maximum line size of (\d+) bytes exceeded", str(e)):
         n = re.search(r"CSV Error on Line: (\d+)", str(e))
         return (
@@ -740,6 +745,10 @@ _SCREENS = {
     "num_shape": r"(?i)[-+()$€£%\s\d.,'’]*(?:usd|eur|gbp|chf)?[-+()$€£%\s\d.,'’]*(?:e[-+]?\d+[-+()$€£%\s]*)?(?:cr|dr)?[\s)]*",
     "date_shape": r"\d{1,4}[./-]\d{1,2}[./-]\d{1,4}(?:[ T][\d:.]+)?",
     "mon_shape": r"[\w ,.-]{4,20}\d{2}(?:\d{2})?",
+    # The commonest clean shapes: a column whose values all have one is converted by a plain cast (see `_fast`).
+    "plain_iso": r"\d{4}-\d{2}-\d{2}",
+    "plain_dm": r"\d{1,2}/\d{1,2}/\d{4}",
+    "plain_dec": r"-?(?:0|[1-9]\d*)(?:\.\d{1,2})?",
 }
 
 
@@ -1397,15 +1406,33 @@ _FAST_US_DEC2 = _lit(
 )
 
 
-def _fast(c: _Column) -> tuple[str, str | None]:
-    """(value SQL, fast-path condition or None) of column ``c``: a value that full-matches a narrow
-    regex (the commonest clean shapes) is converted by a plain cast, which gives the general
-    parser's result on such values; they leave no room for rounding, exponents, leading zeros or
-    a time, so only a NULL result is flagged. Any other value goes through ``c.expr`` and `_check`."""
-    x = c.var
+def _fast(c: _Column) -> tuple[str, str | None, str | None]:
+    """(value SQL, fast-path condition or None, check or None) of column ``c``.
+
+    A column whose every value (in the statistics it was typed from) has one of the commonest clean
+    shapes (`_SCREENS` ``plain_*``: 2024-01-31, 31/01/2024, -1234.5) is converted by a plain,
+    strict cast alone, with a check of its own (third item, over ``cfo_c{j}``): any value the cast
+    does not take, or that has another shape, is flagged, so the column gets every format tried
+    over all rows and is written again (`_build_stream`). Otherwise a value that full-matches a
+    narrow regex is converted by a plain cast, which gives the general parser's result on such
+    values (they leave no room for rounding, exponents, leading zeros or a time, so only a NULL
+    result is flagged), and any other value goes through ``c.expr`` and `_check`."""
+    x, j = c.var, c.var[1:]
     if c.forced or c.kind == "text":
-        return c.expr, None
-    if c.kind == "number" and c.sql_type == "DECIMAL(18,2)" and "cfo_us(" in c.expr:
+        return c.expr, None, None
+    n, s = c.s["n"], c.s
+    # strptime reads a 2-digit year as year 0023 (where the general parser pivots it): such values are flagged too.
+    dated = f"({x} IS NOT NULL AND (cfo_c{j} IS NULL OR year(cfo_c{j}) < 1000))"
+    if c.kind == "iso" and c.sql_type == "DATE" and s.get("plain_iso") == n:
+        return f"CAST(try_strptime({x}, '%Y-%m-%d') AS DATE)", None, dated
+    if c.kind == "dm" and c.sql_type == "DATE" and s.get("plain_dm") == n:
+        fmt = "%d/%m/%Y" if c.expr.endswith("true) AS DATE)") else "%m/%d/%Y"
+        return f"CAST(try_strptime({x}, '{fmt}') AS DATE)", None, dated
+    us_dec2 = c.kind == "number" and c.sql_type == "DECIMAL(18,2)" and "cfo_us(" in c.expr
+    if us_dec2 and s.get("plain_dec") == n:
+        plain = _lit(_SCREENS["plain_dec"])
+        return f"TRY_CAST({x} AS DECIMAL(18,2))", None, f"({x} IS NOT NULL AND (cfo_c{j} IS NULL OR NOT regexp_full_match({x}, {plain})))"
+    if us_dec2:
         cond = f"regexp_full_match({x}, {_FAST_US_DEC2})"
         fe = (
             f"TRY_CAST(CASE WHEN starts_with({x}, '(') THEN '-' || translate({x}, '$,()', '')"
@@ -1417,8 +1444,8 @@ def _fast(c: _Column) -> tuple[str, str | None]:
         fmt = "%d/%m/%Y" if c.expr.endswith("true) AS DATE)") else "%m/%d/%Y"
         cond, fe = f"regexp_full_match({x}, '\\d{{1,2}}/\\d{{1,2}}/\\d{{4}}')", f"CAST(try_strptime({x}, '{fmt}') AS DATE)"
     else:
-        return c.expr, None
-    return f"CASE WHEN {cond} THEN {fe} ELSE {c.expr} END", cond
+        return c.expr, None, None
+    return f"CASE WHEN {cond} THEN {fe} ELSE {c.expr} END", cond, None
 
 
 def _outer_check(c: _Column, j: int, check: str, fast: bool) -> str:
@@ -1448,6 +1475,7 @@ def _build_stream(con: duckdb.DuckDBPyConnection, target: str, p: _Prepared, wat
     vs, named, stats = st.vs, st.named, list(st.stats)
     sample_kinds = [_guess_kind(x) for x in stats]
     first_bad: dict[int, int] = {}
+    plain_checked: dict[int, str] = {}  # column -> its general check, where the first pass used a plain one
     extra = [f"{st.vs[j]} AS cfo_x{j}" for j in range(named, len(vs))]
     repeat, total, label = _row_sql(vs, st.header, named)
     extra += [f"{repeat} AS cfo_rehdr", f"{total} AS cfo_total", f"CASE WHEN {total} THEN {label} END AS cfo_label"]
@@ -1478,10 +1506,10 @@ def _build_stream(con: duckdb.DuckDBPyConnection, target: str, p: _Prepared, wat
         fast = {j: _fast(c) for j, c in enumerate(cols)}
         # Values first, then the checks over them (an inner SELECT): the checks don't compute a
         # value again (CSE does not look inside the fast path's CASE).
-        inner = [f"{fast[j][0]} AS cfo_c{j}" for j in range(named)] + [f"{cond} AS cfo_f{j}" for j, (_v, cond) in fast.items() if cond]
+        inner = [f"{fast[j][0]} AS cfo_c{j}" for j in range(named)] + [f"{cond} AS cfo_f{j}" for j, (_v, cond, _c) in fast.items() if cond]
         inner += [*vs, "r_last"]
         select = [f"cfo_c{j}" for j in range(named)] + [f"{vs[j]} AS cfo_raw{j}" for j in sorted(raw_keep)]
-        select += [f"{_outer_check(cols[j], j, chk, fast[j][1] is not None)} AS cfo_bad{j}" for j, chk in checks.items() if chk]
+        select += [f"{fast[j][2] or _outer_check(cols[j], j, chk, fast[j][1] is not None)} AS cfo_bad{j}" for j, chk in checks.items() if chk]
         select += extra + ["(r_last IS NULL) AS cfo_short"]
         if not serial:
             with watch(), _no_filter_pushdown(con):
@@ -1520,6 +1548,7 @@ def _build_stream(con: duckdb.DuckDBPyConnection, target: str, p: _Prepared, wat
         bad = {j: n for j, n in zip(flagged, got[2 : 2 + len(flagged)]) if n and j not in raw_keep}
         if attempt == 0:
             first_bad = dict(bad)
+            plain_checked = {j: checks[j] for j in bad if fast[j][2]}
         new_raw = set(bad) & forced_j  # the analyst's type stays; the text goes beside it
         bad = {j: n for j, n in bad.items() if j not in forced_j}
         rest = got[2 + len(flagged) :]
@@ -1573,6 +1602,8 @@ def _build_stream(con: duckdb.DuckDBPyConnection, target: str, p: _Prepared, wat
     order, ambiguous, date_notes = _type_columns(cols, src.delimiter, st.date_order, final)
     for c, j in zip(cols, keep):
         if j in first_bad and c.kind == "text" and sample_kinds[j] != "text" and j not in forced_j:
+            if j in plain_checked:  # the plain check also flagged values of other shapes: count the misfits
+                (first_bad[j],) = con.execute(f"SELECT count(*) FROM {st.clean} WHERE {full_data} AND {plain_checked[j]}").fetchone()
             notes.append(_demoted_note(c.name, sample_kinds[j], first_bad[j]))
     p.notes = notes + [c.note for c in cols if c.note] + raw_notes + date_notes
     p.date_order, p.ambiguous = order, ambiguous
@@ -1654,15 +1685,16 @@ def _check_csv(path: Path, name: str) -> None:
 
 
 def _line_count(path: Path) -> int:
-    """Line breaks in the file (LF, or CR for old Mac files), +1 for a last line without one."""
-    lf = cr = 0
-    last = b""
+    """Line breaks in the file (LF, or CR for old Mac files: counted when the first block has no
+    LF), +1 for a last line without one."""
+    count, breaks, last = 0, None, b""
     with open(path, "rb") as fh:
         while chunk := fh.read(1 << 22):
-            lf += chunk.count(b"\n")
-            cr += chunk.count(b"\r")
+            if breaks is None:
+                breaks = b"\n" if b"\n" in chunk or b"\r" not in chunk else b"\r"
+            count += chunk.count(breaks)
             last = chunk[-1:]
-    return max(lf, cr) + (1 if last not in (b"\n", b"\r", b"") else 0)
+    return count + (1 if last not in (b"\n", b"\r", b"") else 0)
 
 
 _CELL_REF = re.compile(r"^\$?([A-Za-z]{1,3})\$?(\d{1,7})$")
@@ -1848,9 +1880,8 @@ def ingest_file(
     or from a helper thread that watches a long DuckDB statement.
 
     First the limits (`check_limits`, no parsing). Then the file is parsed in a worker process
-    under OS limits (`ingest_worker`) into a temporary DuckDB file beside ``db_path``; this process
-    copies the tables from it into ``db_path`` in one transaction on the workspace's writer
-    connection, and removes the temporary file. Raises IngestError (database unchanged) for
+    under OS limits (`ingest_worker`), which writes the tables into ``db_path`` in one transaction
+    while this process holds the workspace's writer and lends it the file (`store.lend`). Raises IngestError (database unchanged) for
     unsupported, empty, binary or malformed files, rows with more fields than the header, unknown or
     empty worksheets, files over a limit, and a parse that needed more memory or time than the
     worker has; ValueError for bad arguments.
@@ -1877,30 +1908,13 @@ def ingest_file(
     }
     if memory_gb <= 0:  # no worker: parse in this process (CFO_DESK_INGEST_MEMORY_GB=0)
         return _ingest_local(db_path=str(db_path), **kwargs, progress=progress)
-    db_path = Path(db_path)
-    db_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".cfo_ingest_", dir=db_path.parent) as tmp:
-        staged = Path(tmp) / "staged.duckdb"
-        duckdb_limit = f"{max(0.5, memory_gb * 0.5):g}GB"
-        job = kwargs | {"db_path": str(staged), "memory_limit": duckdb_limit, "progress": progress is not None}
-        tables = _run("_ingest_local", job, original_name, progress)
-        _copy_tables(db_path, staged, tables, original_name, progress)
-    return tables
-
-
-def _copy_tables(db_path: Path, staged: Path, tables: list[IngestedTable], original_name: str, progress: Progress | None = None) -> None:
-    """Copy the staged tables into the workspace's database in one transaction (all or nothing)."""
-    with writer(db_path) as con:
-        con.execute(f"ATTACH {_lit(str(staged))} AS cfo_staged (READ_ONLY)")
-        try:
-            catalog = con.execute("SELECT current_database()").fetchone()[0]
-            with _all_or_nothing(con, original_name):
-                for t in tables:
-                    target = f"{quote_ident(catalog)}.main.{quote_ident(t.table_name)}"
-                    with _watch(con, progress, lambda f, t=t: f"Saving {t.table_name}: {f:.0%}"):
-                        con.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT * FROM cfo_staged.main.{quote_ident(t.table_name)}")
-        finally:
-            con.execute("DETACH cfo_staged")
+    # The worker writes straight into the workspace's file: this process holds the writer (its
+    # locks keep every other writer out, here and in other processes) and lends the file to the
+    # worker for the parse. The worker's one transaction commits all tables or none; a worker that
+    # dies or is stopped mid-way leaves the file as it was (DuckDB drops what was not committed).
+    with writer(db_path), lend(db_path):
+        job = kwargs | {"db_path": str(db_path), "lent": True, "memory_limit": f"{max(0.5, memory_gb * 0.5):g}GB"}
+        return _run("_ingest_local", job | {"progress": progress is not None}, original_name, progress)
 
 
 def _worker_limits() -> tuple[float, float]:
@@ -1971,8 +1985,10 @@ def _ingest_local(
     memory_limit: str | None = None,
     overrides: dict[str | None, dict[str, dict]] | None = None,
     progress: Progress | None = None,
+    lent: bool = False,
 ) -> list[IngestedTable]:
-    """The parse and store, in this process (the worker's side of `ingest_file`)."""
+    """The parse and store, in this process (the worker's side of `ingest_file`); ``lent``: the
+    calling process holds the workspace's writer and has lent the file (`store.lent_writer`)."""
     db_path, path = Path(db_path), Path(path)
     ext = _extension(original_name)
     is_csv = ext in CSV_EXTENSIONS
@@ -1980,7 +1996,11 @@ def _ingest_local(
     # Workbooks are read before taking the workspace lock: openpyxl is slow and needs no database.
     sheets = [] if is_csv else _read_sheets(path, original_name, table_names)
 
-    with writer(db_path) as con, tempfile.TemporaryDirectory(prefix="cfo_ingest_") as tmp:
+    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="cfo_ingest_") as tmp:
+        try:
+            con = stack.enter_context(lent_writer(db_path) if lent else writer(db_path))
+        except WorkspaceBusy as e:  # readers of other processes kept the lent file past the wait
+            raise IngestError(f"{original_name}: {e}") from None
         if memory_limit:
             con.execute(f"SET memory_limit = {_lit(memory_limit)}")
         for macro in _MACROS:

@@ -13,7 +13,10 @@ Two kinds of lock guard a workspace's DuckDB file:
 * Across processes, DuckDB's own file lock: a writer excludes everything, readers share. A
   connect that meets another process's lock ("Could not set lock ...") is retried with tenacity
   until the caller's deadline; then `WorkspaceBusy` is raised, whose message is one sentence for
-  the analyst or model, without paths or PIDs.
+  the analyst or model, without paths or PIDs. Writers also hold an exclusive `flock` on
+  `<file>.writer-lock` from their first to their last statement, so a writer can `lend` the file
+  to a child process (ingest's worker writes straight into the workspace, `lent_writer`) without
+  letting another process's writer in meanwhile: only readers can come between.
 
 Every wait (for the in-process lock and for the other process) counts against one deadline, the
 `timeout_s` of `writer()` / `sandboxed_reader()`.
@@ -25,6 +28,7 @@ app code (the agent's SQL) and for previews and profiles too, so there is a sing
 
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
 import time
@@ -149,6 +153,7 @@ class _Workspace:
         self.opening = threading.Lock()  # one thread at a time opens the shared read-only connection
         self.ro_con: duckdb.DuckDBPyConnection | None = None
         self.rw_con: duckdb.DuckDBPyConnection | None = None
+        self.flock: int | None = None  # fd of the held `<file>.writer-lock` (see `writer`)
 
     def acquire_read(self, deadline: float) -> None:
         me = threading.get_ident()
@@ -211,10 +216,13 @@ class _Workspace:
             if self.writer_depth > 0:
                 return
             con, self.rw_con = self.rw_con, None
+            fd, self.flock = self.flock, None
             try:
                 if con is not None:
                     con.close()
             finally:
+                if fd is not None:
+                    os.close(fd)  # releases the flock
                 self.writer = None
                 self.cond.notify_all()
 
@@ -276,22 +284,46 @@ def workspace_lock(db_path: Path, *, shared: bool = False, timeout_s: float | No
     return WorkspaceLock(_workspace(db_path), shared=shared, timeout_s=timeout_s)
 
 
+def _writer_flock(db_path: Path, *, deadline: float) -> int:
+    """An exclusive `flock` on `<db_path>.writer-lock` (created once, never deleted: removing a
+    lock file races), waited for like the DuckDB file lock (tenacity, until `deadline`, then
+    WorkspaceBusy). Returns the open file descriptor; closing it releases the lock."""
+    fd = os.open(db_path.with_name(db_path.name + ".writer-lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    backoff = wait_random_exponential(multiplier=LOCK_POLL_MIN_S, min=LOCK_POLL_MIN_S, max=LOCK_POLL_MAX_S)
+    try:
+        Retrying(
+            retry=retry_if_exception(lambda e: isinstance(e, BlockingIOError)),
+            stop=lambda _state: time.monotonic() >= deadline,
+            wait=lambda state: min(backoff(state), _left(deadline)),
+        )(fcntl.flock, fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except RetryError:
+        os.close(fd)
+        raise WorkspaceBusy() from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 @contextmanager
 def writer(db_path: Path, *, timeout_s: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
     """A trusted read-write connection for app code (ingest, drops), exclusive in this process and
-    across processes (DuckDB's file lock) for as long as it is open.
+    across processes (the writer flock and DuckDB's file lock) for as long as it is open.
 
     Waits at most `timeout_s` seconds (None: `WRITE_WAIT_S`) for readers and writers here and in
     other processes, then raises WorkspaceBusy. Re-entrant: inside another `writer()` (or an
-    exclusive `workspace_lock`) of the same thread it yields that connection and leaves it open.
-    Creates the file and its folder when missing. Closed when the outermost hold exits; the caller
-    manages transactions.
+    exclusive `workspace_lock`) of the same thread it yields that connection and leaves it open
+    (reopened first when a `lend` closed it). Creates the file and its folder when missing.
+    Closed when the outermost hold exits; the caller manages transactions.
     """
     db_path = Path(db_path)
     deadline = time.monotonic() + (WRITE_WAIT_S if timeout_s is None else timeout_s)
     ws = _workspace(db_path)
     ws.acquire_write(deadline)
     try:
+        if ws.flock is None:
+            db_path.parent.mkdir(parents=True, exist_ok=True)
+            ws.flock = _writer_flock(db_path, deadline=deadline)
         if ws.rw_con is None:
             if not db_path.exists():
                 _create_empty(db_path)
@@ -299,6 +331,37 @@ def writer(db_path: Path, *, timeout_s: float | None = None) -> Iterator[duckdb.
         yield ws.rw_con
     finally:
         ws.release_write()
+
+
+@contextmanager
+def lend(db_path: Path) -> Iterator[Path]:
+    """Inside this thread's `writer()`: close its connection so that a child process can open the
+    file read-write (`lent_writer`) while this process keeps both writer locks (no writer here or
+    in another process can start; readers of other processes can). Yields the file's path. The
+    next `writer()` of the block reopens the connection; connections yielded before are closed.
+    RuntimeError when this thread holds no writer of the file."""
+    db_path = Path(db_path)
+    ws = _workspace(db_path)
+    with ws.cond:
+        if ws.writer != threading.get_ident() or ws.flock is None:
+            raise RuntimeError("lend() needs this thread's writer() of the workspace")
+        con, ws.rw_con = ws.rw_con, None
+    if con is not None:
+        con.close()
+    yield db_path
+
+
+@contextmanager
+def lent_writer(db_path: Path, *, timeout_s: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-write connection to a file another process has lent (`lend`) to this one: it takes
+    no lock of its own (the lender holds them) and waits at most `timeout_s` (None:
+    `WRITE_WAIT_S`) for readers of other processes to let go (then WorkspaceBusy). Closed on exit."""
+    deadline = time.monotonic() + (WRITE_WAIT_S if timeout_s is None else timeout_s)
+    con = _connect(lambda: duckdb.connect(str(db_path)), deadline=deadline)
+    try:
+        yield con
+    finally:
+        con.close()
 
 
 @contextmanager
