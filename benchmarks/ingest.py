@@ -111,7 +111,7 @@ def _case(kind: str, csv: str, tmp: str) -> dict:
         (table,) = ingest.ingest_file(tmpd / "ws.duckdb", Path(csv), original_name="x.csv", table_names={None: "t"})
         wall = time.perf_counter() - t0
         info |= {"rows": table.row_count, "types": [c.type for c in table.columns]}
-    elif kind == "duckdb":
+    elif kind in ("duckdb", "duckdb-text"):
         import duckdb
 
         c = duckdb.connect()
@@ -120,7 +120,7 @@ def _case(kind: str, csv: str, tmp: str) -> dict:
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         t0 = time.perf_counter()
         con = duckdb.connect(str(tmpd / "ref.duckdb"))
-        con.execute("CREATE TABLE t AS SELECT * FROM read_csv(?)", [csv])
+        con.execute(f"CREATE TABLE t AS SELECT * FROM read_csv(?{', all_varchar=true' if kind == 'duckdb-text' else ''})", [csv])
         con.close()  # includes the checkpoint that writes the table to the file
         wall = time.perf_counter() - t0
         con = duckdb.connect(str(tmpd / "ref.duckdb"), read_only=True)
@@ -168,14 +168,26 @@ def _med(results: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in results)
 
 
-def _runs(kind: str, csv: Path, repeat: int, env: dict[str, str] | None = None) -> list[dict]:
-    """`repeat` runs of one case (one only when the first takes over REPEAT_UNDER_S), or [error]."""
-    results = [run_case(kind, csv, env)]
-    if "error" in results[0]:
-        return results
-    if results[0]["wall"] < REPEAT_UNDER_S:
-        results += [run_case(kind, csv, env) for _ in range(repeat - 1)]
-    return results
+def _rounds(kinds: list[str], csv: Path, repeat: int, env: dict[str, str] | None = None) -> dict[str, list[dict]]:
+    """Runs of each case, interleaved (one of each per round, so all see the same machine state):
+    `repeat` rounds, or one when a first run took over REPEAT_UNDER_S. `env` goes to our cases.
+    A case that failed keeps [error]."""
+    out: dict[str, list[dict]] = {k: [] for k in kinds}
+    for i in range(repeat):
+        for k in kinds:
+            if out[k] and "error" in out[k][0]:
+                continue
+            out[k].append(run_case(k, csv, env if k.startswith("ours") else None))
+        if i == 0 and any(r[0].get("wall", 0) > REPEAT_UNDER_S for r in out.values()):
+            break
+    return out
+
+
+def _paired(a: list[dict], b: list[dict], key: str = "wall") -> str:
+    """Median over rounds of a/b measured in the same round."""
+    if "error" in a[0] or "error" in b[0]:
+        return "n/a"
+    return f"{statistics.median(x[key] / y[key] for x, y in zip(a, b)):.2f}x"
 
 
 def _fmt(label: str, results: list[dict]) -> str:
@@ -215,19 +227,25 @@ def worker_vs_inprocess(tmp: Path) -> None:
         print(line, flush=True)
 
 
-def vs_references(tmp: Path, rows: int, shape: str, *, pandas: bool = True, repeat: int = 3, env: dict[str, str] | None = None) -> None:
+def vs_references(tmp: Path, rows: int, shape: str, *, pandas: bool = True, repeat: int = 5, env: dict[str, str] | None = None) -> None:
+    """Ours vs DuckDB's typed read, DuckDB's read as text (all_varchar: what any cleanup of the
+    values starts from) and pandas, interleaved; ratios are medians of same-round ratios."""
     csv = make_csv(tmp / f"{shape}_{rows}.csv", rows, shape)
     size_mb = csv.stat().st_size / 2**20
-    ours = _runs("ours", csv, repeat, env)
-    ref = _runs("duckdb", csv, repeat)
-    pd_ = _runs("pandas", csv, repeat) if pandas else None
+    runs = _rounds(["ours", "duckdb", "duckdb-text"] + (["pandas"] if pandas else []), csv, repeat, env)
+    ours, ref, text, pd_ = runs["ours"], runs["duckdb"], runs["duckdb-text"], runs.get("pandas")
     head = f"ingest: {rows:,}-row {shape} CSV ({size_mb:.0f} MB): "
-    print(head + _fmt("ours", ours) + "; " + _fmt("DuckDB read_csv", ref) + ("; " + _fmt("pandas read_csv", pd_) if pd_ else "; pandas skipped"), flush=True)
     print(
-        f"ingest: {rows:,}-row {shape}: ours/DuckDB time {_ratio(ours, ref, 'wall')} (target <= 2x), "
+        head + _fmt("ours", ours) + "; " + _fmt("DuckDB read_csv", ref) + "; " + _fmt("DuckDB read_csv all_varchar", text)
+        + ("; " + _fmt("pandas read_csv", pd_) if pd_ else "; pandas skipped"),
+        flush=True,
+    )
+    print(
+        f"ingest: {rows:,}-row {shape}: ours/DuckDB time {_paired(ours, ref)} (target <= 2x), "
         f"peak RSS {_ratio(ours, ref, 'peak_mb')} (target <= 1.5x)"
         + (f", ours self+children {_med(ours, 'self_mb') + _med(ours, 'children_mb'):.0f} MB (upper bound if both peaked at once)" if "error" not in ours[0] else "")
-        + (f"; ours/pandas time {_ratio(ours, pd_, 'wall')}, peak RSS {_ratio(ours, pd_, 'peak_mb')}" if pd_ else ""),
+        + f"; DuckDB as text/DuckDB typed time {_paired(text, ref)}; ours/DuckDB as text time {_paired(ours, text)}"
+        + (f"; ours/pandas time {_paired(ours, pd_)}, peak RSS {_ratio(ours, pd_, 'peak_mb')}" if pd_ else ""),
         flush=True,
     )
     for label, res in (("ours", ours), ("DuckDB", ref), ("pandas", pd_)):
@@ -259,7 +277,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--case", choices=("ours", "ours-inproc", "duckdb", "pandas"))
+    ap.add_argument("--case", choices=("ours", "ours-inproc", "duckdb", "duckdb-text", "pandas"))
     ap.add_argument("--csv")
     ap.add_argument("--tmp")
     a = ap.parse_args()

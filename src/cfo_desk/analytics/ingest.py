@@ -96,7 +96,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from cfo_desk.analytics.store import WorkspaceBusy, lend, lent_writer, quote_ident, writer
+from cfo_desk.analytics.store import WorkspaceBusy, lend, lent_writer, quote_ident, write_lock, writer
 
 CSV_EXTENSIONS = (".csv", ".tsv", ".txt")
 XLSX_EXTENSIONS = (".xlsx", ".xlsm")
@@ -419,13 +419,27 @@ class _Source:
     notes: list[str]
     delimiter: str | None = None  # CSV only
     unclosed_quote_line: int | None = None  # CSV only: where a quote opens and never closes
-    records: int | None = None  # how many records the file (or worksheet) has
+    records: int | None = None  # how many records the file (or worksheet) has (None: not counted, see _load_csv)
     scan: str | None = None  # the raw columns in record order, no rn: a parallel read where DuckDB can
+    file: Path | None = None  # CSV only: the file read (the upload, or its UTF-8 copy)
+    lines: int | None = None  # CSV only: its line count, when records are not counted (progress text)
+    dialect: tuple[str, str, str] | None = None  # CSV only: (newline, quote, escape) as DuckDB's sniffer gives them
 
 
 def _load_csv(
-    con: duckdb.DuckDBPyConnection, path: Path, name: str, ext: str, table: str, tmp: Path, progress: Progress | None = None
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    name: str,
+    ext: str,
+    table: str,
+    tmp: Path,
+    progress: Progress | None = None,
+    careful: bool = True,
 ) -> _Source:
+    """The CSV's records, read with the dialect DuckDB's sniffer finds. ``careful``: the quick
+    sniff is checked by a full read (which also counts the records and meets any encoding error);
+    otherwise (the first try, `_ingest_local`) that read is left to the one that writes the table,
+    and a failure there means a careful try (`_Optimistic`)."""
     encoding = _csv_encoding(path, name)
     notes: list[str] = []
     # nullstr is a string no file contains: empty fields then read as '' and only the fields that
@@ -446,7 +460,8 @@ def _load_csv(
             # full sniff (sample_size=-1: a late wider row counts) and a read with what it found.
             # Every read then uses that (auto_detect=false): the same columns each time.
             try:
-                found = _read_dialect(con, src, opts.replace("sample_size=-1", f"sample_size={_SNIFF_ROWS}"), encoding, name, progress)
+                quick = opts.replace("sample_size=-1", f"sample_size={_SNIFF_ROWS}")
+                found = _read_dialect(con, src, quick, encoding, name, progress, verify=careful)
                 if found[1] == "(empty)" and _contains(src, b'"'):
                     found = None
             except duckdb.Error as e:
@@ -455,7 +470,7 @@ def _load_csv(
                 found = None
             if found is None:
                 found = _read_dialect(con, src, opts, encoding, name, progress)
-            delimiter, quote, read, scan, records = found
+            delimiter, quote, read, scan, records, dialect = found
             break
         except duckdb.Error as e:
             if attempt == 1 and encoding == "utf-8" and "not utf-8 encoded" in str(e).lower():
@@ -472,16 +487,18 @@ def _load_csv(
                 " quote characters are kept in the values. Check that line in the file"
             )
     relation = f"(SELECT row_number() OVER () - 1 AS rn, * FROM {read})"
-    return _Source(relation, None, None, table, notes, delimiter, unclosed, records, scan)
+    file = src if encoding != "utf-16" else None
+    return _Source(relation, None, None, table, notes, delimiter, unclosed, records, scan, file=file, dialect=dialect)
 
 
 _SNIFF_ROWS = 20_480  # rows the quick sniff looks at (DuckDB's default sample)
 
 
-def _read_dialect(con, src: Path, opts: str, encoding: str, name: str, progress) -> tuple[str, str, str, str, int]:
-    """Sniff ``src`` with ``opts``, then read all of it with what was found: (delimiter, quote,
-    read_csv SQL (serial), read_csv SQL for a parallel scan where DuckDB can, records). Raises
-    duckdb.Error for encoding and layout errors (a row wider than the sniffed width among them)."""
+def _read_dialect(con, src: Path, opts: str, encoding: str, name: str, progress, verify: bool = True) -> tuple:
+    """Sniff ``src`` with ``opts``, then (``verify``) read all of it with what was found: (delimiter,
+    quote, read_csv SQL (serial), read_csv SQL for a parallel scan where DuckDB can, records or
+    None when not read, (newline, quote, escape)). Raises duckdb.Error for encoding and layout
+    errors (a row wider than the sniffed width among them)."""
     delimiter, quote, escape, newline, width = con.execute(
         f"SELECT Delimiter, Quote, Escape, NewLineDelimiter, len(Columns) FROM sniff_csv(?, {opts})", [str(src)]
     ).fetchone()
@@ -496,6 +513,9 @@ def _read_dialect(con, src: Path, opts: str, encoding: str, name: str, progress)
     # In parallel where DuckDB can (it refuses null_padding with quoted newlines, loudly):
     # `_build_stream` then writes the table with a parallel scan, in file order.
     scan = read.replace("parallel=false", "parallel=true", 1)
+    dialect = (newline, quote, escape)
+    if not verify:
+        return delimiter, quote, read, scan, None, dialect
     with _watch(con, progress, lambda f: f"Checking {name}: {f:.0%}"):
         try:
             (records,) = con.execute(f"SELECT count(*) FROM {scan}").fetchone()
@@ -504,7 +524,33 @@ def _read_dialect(con, src: Path, opts: str, encoding: str, name: str, progress)
                 raise
             scan = read
             (records,) = con.execute(f"SELECT count(*) FROM {read}").fetchone()
-    return delimiter, quote, read, scan, records
+    return delimiter, quote, read, scan, records, dialect
+
+
+_NEWLINES = {"\\n": b"\n", "\\r\\n": b"\r\n", "\\r": b"\r"}
+
+
+def _lines_before_data(path: Path, dialect: tuple[str, str, str], records: int) -> int | None:
+    """How many lines of the file hold its first ``records`` records (title rows and the header),
+    for read_csv's ``skip``, which counts lines (a blank line is a line but no record). None when
+    the first `_HEAD_BYTES` bytes can't tell: a newline DuckDB's sniffer names otherwise, an escape
+    character other than the quote, a line there with an odd number of quotes (a quoted value that
+    goes on to the next line), or fewer records than that."""
+    newline, quote, escape = dialect
+    nl = _NEWLINES.get(newline)
+    quoted = quote not in ("", "(empty)")
+    if nl is None or escape not in ("", "(empty)", quote):
+        return None
+    with open(path, "rb") as fh:
+        lines = fh.read(_HEAD_BYTES).split(nl)[:-1]  # the last piece may be cut off
+    seen = 0
+    for i, line in enumerate(lines):
+        if quoted and line.count(quote.encode()) % 2:
+            return None
+        seen += bool(line)
+        if seen == records:
+            return i + 1
+    return None
 
 
 def _transcode(path: Path, dest: Path) -> str:
@@ -1129,11 +1175,12 @@ class _Prepared:
     def build(self, con: duckdb.DuckDBPyConnection, target: str, progress: Progress | None = None) -> None:
         """Create (or replace) the table ``target`` (a qualified, quoted name), reporting the rows
         read to ``progress`` when given."""
-        records, name = self.source.records, self.source.table_name
+        records, name = self.source.records or self.source.lines, self.source.table_name
         total = records - (self.stream.hdr + 1 if self.stream else 1) if records else None  # data rows, about
+        about = "" if self.source.records else "about "
 
         def text(f: float) -> str:
-            return f"Reading {name}: {int(f * total):,} of {total:,} rows" if total else f"Reading {name}: {f:.0%}"
+            return f"Reading {name}: {int(f * total):,} of {about}{total:,} rows" if total else f"Reading {name}: {f:.0%}"
 
         with _watch(con, progress, text) if self.stream is None else nullcontext():
             if self.stream is None:
@@ -1336,6 +1383,7 @@ class _Stream:
     scan: str | None = None  # the cleaned records without rn, in record order (see `_build_stream`)
     titles: list[tuple] = field(default_factory=list)  # the title rows above the header (cleaned values)
     records: int | None = None  # records in the source
+    data_scan: str | None = None  # the cleaned records after the header, in record order, without rn (read_csv skip)
 
 
 def _prepare_stream(
@@ -1361,9 +1409,11 @@ def _prepare_stream(
     clean = f"(SELECT rn, {cleaned}, {quote_ident(raw_cols[named - 1])} AS r_last FROM {src.relation})"
     unknown = {j for j, st in enumerate(stats) if not st["n"]}
     scan = f"(SELECT {cleaned}, {quote_ident(raw_cols[named - 1])} AS r_last FROM {src.scan})" if src.scan else None
+    skip = _lines_before_data(src.file, src.dialect, int(hdr) + 1) if src.scan and src.file and src.dialect else None
+    data_scan = scan.replace("header=false,", f"header=false, skip={skip},", 1) if skip else None
     plan = _Stream(
         clean, data, vs, header, int(hdr), named, notes, stats, unknown, date_order, name, dict(overrides or {}),
-        scan, [tuple(r[2:]) for r in first[:titles]], src.records,
+        scan, [tuple(r[2:]) for r in first[:titles]], src.records, data_scan,
     )
     return _Prepared(src, None, [], None, [], plan)
 
@@ -1478,7 +1528,8 @@ def _build_stream(con: duckdb.DuckDBPyConnection, target: str, p: _Prepared, wat
     plain_checked: dict[int, str] = {}  # column -> its general check, where the first pass used a plain one
     extra = [f"{st.vs[j]} AS cfo_x{j}" for j in range(named, len(vs))]
     repeat, total, label = _row_sql(vs, st.header, named)
-    extra += [f"{repeat} AS cfo_rehdr", f"{total} AS cfo_total", f"CASE WHEN {total} THEN {label} END AS cfo_label"]
+    # The label of a total row (NULL for any other row): one regex per row, not two.
+    extra += [f"{repeat} AS cfo_rehdr", f"CASE WHEN {total} THEN {label} END AS cfo_label"]
     trailing: list[tuple[int, str]] | None = None
     # Overrides name stored columns; the header's columns get their names before any is dropped.
     provisional, _ = _column_names(st.header, list(range(named)))
@@ -1498,7 +1549,8 @@ def _build_stream(con: duckdb.DuckDBPyConnection, target: str, p: _Prepared, wat
         for t in st.titles
     )
     keep_row = f"NOT ({_any_value(vs)} IS NOT TRUE OR {repeat}{' OR ' + titles if titles else ''})"
-    serial = st.scan is None or st.records is None
+    serial = st.scan is None or (st.records is None and st.data_scan is None)
+    has_drop = False  # the table holds cfo_drop (written from data_scan)
     for attempt in range(3):
         cols = [_Column(f"cfo_c{j}", vs[j], stats[j]) for j in range(named)]
         _type_columns(cols, src.delimiter, st.date_order, forced)
@@ -1511,15 +1563,27 @@ def _build_stream(con: duckdb.DuckDBPyConnection, target: str, p: _Prepared, wat
         select = [f"cfo_c{j}" for j in range(named)] + [f"{vs[j]} AS cfo_raw{j}" for j in sorted(raw_keep)]
         select += [f"{fast[j][2] or _outer_check(cols[j], j, chk, fast[j][1] is not None)} AS cfo_bad{j}" for j, chk in checks.items() if chk]
         select += extra + ["(r_last IS NULL) AS cfo_short"]
-        if not serial:
+        if not serial and st.data_scan:
+            # The reader skips the lines up to the header (read_csv skip) and no row is left out,
+            # so a row's record number is hdr + 1 + rowid - min(rowid); a row that is no data (empty,
+            # a header repeat, a title row again) sends the table to the serial shape.
+            with watch():
+                con.execute(
+                    f"CREATE OR REPLACE TABLE {target} AS SELECT {', '.join(select)}, NOT ({keep_row}) AS cfo_drop"
+                    f" FROM (SELECT {', '.join(inner)} FROM {st.data_scan})"
+                )
+            base, dropped = con.execute(f"SELECT coalesce(min(rowid), 0), count_if(cfo_drop) FROM {target}").fetchone()
+            serial, has_drop = bool(dropped), True
+        elif not serial:
             with watch(), _no_filter_pushdown(con):
                 con.execute(
                     f"CREATE OR REPLACE TABLE {target} AS SELECT {', '.join(select)}"
                     f" FROM (SELECT {', '.join(inner)} FROM {st.scan} WHERE {keep_row})"
                 )
             base, kept = con.execute(f"SELECT coalesce(min(rowid), 0), count(*) FROM {target}").fetchone()
-            serial = st.records - kept != st.hdr + 1
+            serial, has_drop = st.records - kept != st.hdr + 1, False
         if serial:
+            has_drop = False
             with watch():
                 con.execute(
                     f"CREATE OR REPLACE TABLE {target} AS SELECT {', '.join(select)}, rn AS cfo_rn"
@@ -1531,8 +1595,8 @@ def _build_stream(con: duckdb.DuckDBPyConnection, target: str, p: _Prepared, wat
         if trailing is None:  # the first pass: which rows repeat the header, and the totals at the end
             all_rows, all_last = con.execute(f"SELECT count(*), max({rn}) FROM {target}").fetchone()
             repeats = [r for (r,) in con.execute(f"SELECT {rn} FROM {target} WHERE cfo_rehdr ORDER BY 1").fetchall()]
-            totals = con.execute(f"SELECT {rn}, cfo_label FROM {target} WHERE cfo_total AND NOT cfo_rehdr ORDER BY 1").fetchall()
-            (last_data,) = con.execute(f"SELECT max({rn}) FROM {target} WHERE NOT cfo_total AND NOT cfo_rehdr").fetchone()
+            totals = con.execute(f"SELECT {rn}, cfo_label FROM {target} WHERE cfo_label IS NOT NULL AND NOT cfo_rehdr ORDER BY 1").fetchall()
+            (last_data,) = con.execute(f"SELECT max({rn}) FROM {target} WHERE cfo_label IS NULL AND NOT cfo_rehdr").fetchone()
             trailing = [t for t in totals if last_data is not None and t[0] > last_data]
             middle = [t for t in totals if t not in trailing]
             left_out = [r for r, _ in trailing]
@@ -1572,7 +1636,7 @@ def _build_stream(con: duckdb.DuckDBPyConnection, target: str, p: _Prepared, wat
     keep = [j for j in range(named) if st.header[j] is not None or con.execute(f"SELECT count(cfo_c{j}) FROM {target}").fetchone()[0]]
     names, name_notes = _column_names(st.header, keep)
     helpers = [f"cfo_bad{j}" for j, chk in checks.items() if chk] + [f"cfo_x{j}" for j in range(named, len(vs))]
-    helpers += (["cfo_rn"] if serial else []) + ["cfo_short", "cfo_rehdr", "cfo_total", "cfo_label"] + [f"cfo_c{j}" for j in range(named) if j not in keep]
+    helpers += (["cfo_rn"] if serial else []) + (["cfo_drop"] if has_drop else []) + ["cfo_short", "cfo_rehdr", "cfo_label"] + [f"cfo_c{j}" for j in range(named) if j not in keep]
     for h in helpers:
         con.execute(f"ALTER TABLE {target} DROP COLUMN {h}")
     for j, nm in zip(keep, names):
@@ -1625,9 +1689,9 @@ def _no_filter_pushdown(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
 # ----------------------------------------------------------------------------- limits
 
 
-def check_limits(path: Path, original_name: str) -> None:
+def check_limits(path: Path, original_name: str) -> int | None:
     """Refuse a file over a limit before anything parses it; IngestError names the file, the limit
-    and the value found.
+    and the value found. Returns a CSV's line count (None for a workbook).
 
     CSV: the header's columns (Python's csv reader over the first `CSV_SAMPLE_BYTES`, for each
     usual delimiter; the widest reading counts) against `MAX_COLUMNS`, and lines x columns against
@@ -1640,16 +1704,16 @@ def check_limits(path: Path, original_name: str) -> None:
     path = Path(path)
     ext = _extension(original_name)
     if ext in CSV_EXTENSIONS:
-        _check_csv(path, original_name)
-    else:
-        _check_xlsx(path, original_name)
+        return _check_csv(path, original_name)
+    _check_xlsx(path, original_name)
+    return None
 
 
 def _count(n: int) -> str:
     return f"{n:,}"
 
 
-def _check_csv(path: Path, name: str) -> None:
+def _check_csv(path: Path, name: str) -> int:
     max_columns, max_cells = _limits()
     encoding = _csv_encoding(path, name)
     with open(path, "rb") as fh:
@@ -1682,6 +1746,7 @@ def _check_csv(path: Path, name: str) -> None:
             f"{name}: the file has about {_count(lines)} rows x {_count(width)} columns = {_count(lines * width)} cells;"
             f" the limit is {_count(max_cells)} cells per upload. Split the file."
         )
+    return lines
 
 
 def _line_count(path: Path) -> int:
@@ -1899,12 +1964,13 @@ def ingest_file(
         raise ValueError("for a CSV, table_names must be {None: name}")
     if not is_csv and None in table_names:
         raise ValueError("for a workbook, table_names must map worksheet names to table names")
-    check_limits(path, original_name)
+    lines = check_limits(path, original_name)
 
     memory_gb, _timeout = _worker_limits()
     overrides = {label: {c: check_override(spec) for c, spec in cols.items()} for label, cols in (overrides or {}).items()}
     kwargs = {
-        "path": str(path), "original_name": original_name, "table_names": table_names, "date_order": date_order, "overrides": overrides
+        "path": str(path), "original_name": original_name, "table_names": table_names, "date_order": date_order, "overrides": overrides,
+        "lines": lines,
     }
     if memory_gb <= 0:  # no worker: parse in this process (CFO_DESK_INGEST_MEMORY_GB=0)
         return _ingest_local(db_path=str(db_path), **kwargs, progress=progress)
@@ -1912,7 +1978,7 @@ def ingest_file(
     # locks keep every other writer out, here and in other processes) and lends the file to the
     # worker for the parse. The worker's one transaction commits all tables or none; a worker that
     # dies or is stopped mid-way leaves the file as it was (DuckDB drops what was not committed).
-    with writer(db_path), lend(db_path):
+    with write_lock(db_path), lend(db_path):
         job = kwargs | {"db_path": str(db_path), "lent": True, "memory_limit": f"{max(0.5, memory_gb * 0.5):g}GB"}
         return _run("_ingest_local", job | {"progress": progress is not None}, original_name, progress)
 
@@ -1986,6 +2052,7 @@ def _ingest_local(
     overrides: dict[str | None, dict[str, dict]] | None = None,
     progress: Progress | None = None,
     lent: bool = False,
+    lines: int | None = None,
 ) -> list[IngestedTable]:
     """The parse and store, in this process (the worker's side of `ingest_file`); ``lent``: the
     calling process holds the workspace's writer and has lent the file (`store.lent_writer`)."""
@@ -2005,32 +2072,62 @@ def _ingest_local(
             con.execute(f"SET memory_limit = {_lit(memory_limit)}")
         for macro in _MACROS:
             con.execute(f"CREATE OR REPLACE TEMP MACRO {macro}")
-        if is_csv:
-            sources = [_load_csv(con, path, original_name, ext, table_names[None], Path(tmp), progress)]
-        else:
-            sources = [_load_sheet(con, rows, k, label, table, notes) for k, (label, table, rows, notes) in enumerate(sheets)]
-        try:
-            prepared = [_prepare(con, s, k, original_name, date_order, (overrides or {}).get(s.label)) for k, s in enumerate(sources)]
-        except duckdb.Error as e:
-            raise IngestError(f"{original_name}: could not be processed ({_duckdb_message(e)})") from e
+        # A CSV is first read optimistically: its quick sniff is not checked by a read of its own
+        # (`_load_csv`), the read that writes the table does that. When a DuckDB error stops that
+        # try (a wider row past the sniff, a non-UTF-8 byte, ...), it is rolled back and the file
+        # read carefully, with the same result or error as if that had been done from the start.
+        for careful in (False, True) if is_csv else (True,):
+            try:
+                return _build_all(con, path, original_name, ext, table_names, sheets, Path(tmp), date_order, overrides, progress, careful, lines)
+            except (duckdb.Error, IngestError) as e:
+                if careful or not isinstance(e if isinstance(e, duckdb.Error) else e.__cause__, duckdb.Error):
+                    raise
+                for t in con.execute("SELECT table_name FROM duckdb_tables() WHERE temporary").fetchall():
+                    con.execute(f"DROP TABLE temp.{quote_ident(t[0])}")
+        raise AssertionError("unreachable")  # pragma: no cover
 
-        catalog = con.execute("SELECT current_database()").fetchone()[0]
-        results: list[IngestedTable] = []
-        with _all_or_nothing(con, original_name):
-            for p in prepared:
-                target = f"{quote_ident(catalog)}.main.{quote_ident(p.source.table_name)}"
-                p.build(con, target, progress)
-                columns = [
-                    ColumnInfo(n, t)
-                    for n, t in con.execute(
-                        "SELECT column_name, data_type FROM duckdb_columns() WHERE database_name = ?"
-                        " AND schema_name = 'main' AND table_name = ? ORDER BY column_index",
-                        [catalog, p.source.table_name],
-                    ).fetchall()
-                ]
-                count = con.execute(f"SELECT count(*) FROM {target}").fetchone()[0]
-                src = p.source
-                results.append(
-                    IngestedTable(src.table_name, src.label, count, columns, p.notes, p.date_order, p.ambiguous)
-                )
+
+def _build_all(
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    original_name: str,
+    ext: str,
+    table_names: dict[str | None, str],
+    sheets: list,
+    tmp: Path,
+    date_order: str | None,
+    overrides: dict[str | None, dict[str, dict]] | None,
+    progress: Progress | None,
+    careful: bool,
+    lines: int | None = None,
+) -> list[IngestedTable]:
+    """Read the sources, plan and write their tables in one transaction (`_ingest_local`).
+    ``lines``: the CSV's line count, if known (for the progress text while records are uncounted)."""
+    if ext in CSV_EXTENSIONS:
+        sources = [_load_csv(con, path, original_name, ext, table_names[None], tmp, progress, careful)]
+        sources[0].lines = lines
+    else:
+        sources = [_load_sheet(con, rows, k, label, table, notes) for k, (label, table, rows, notes) in enumerate(sheets)]
+    try:
+        prepared = [_prepare(con, s, k, original_name, date_order, (overrides or {}).get(s.label)) for k, s in enumerate(sources)]
+    except duckdb.Error as e:
+        raise IngestError(f"{original_name}: could not be processed ({_duckdb_message(e)})") from e
+
+    catalog = con.execute("SELECT current_database()").fetchone()[0]
+    results: list[IngestedTable] = []
+    with _all_or_nothing(con, original_name):
+        for p in prepared:
+            target = f"{quote_ident(catalog)}.main.{quote_ident(p.source.table_name)}"
+            p.build(con, target, progress)
+            columns = [
+                ColumnInfo(n, t)
+                for n, t in con.execute(
+                    "SELECT column_name, data_type FROM duckdb_columns() WHERE database_name = ?"
+                    " AND schema_name = 'main' AND table_name = ? ORDER BY column_index",
+                    [catalog, p.source.table_name],
+                ).fetchall()
+            ]
+            count = con.execute(f"SELECT count(*) FROM {target}").fetchone()[0]
+            src = p.source
+            results.append(IngestedTable(src.table_name, src.label, count, columns, p.notes, p.date_order, p.ambiguous))
     return results

@@ -127,6 +127,8 @@ def _is_memory_error(exc: BaseException) -> bool:
         text = str(seen)
         if "bad_alloc" in text or "Out of Memory" in text or "Cannot allocate memory" in text:
             return True
+        if isinstance(seen, RuntimeError) and "can't start new thread" in text:  # no address space left for its stack
+            return True
         seen = seen.__cause__ or seen.__context__
     return False
 

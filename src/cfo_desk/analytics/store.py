@@ -306,17 +306,7 @@ def _writer_flock(db_path: Path, *, deadline: float) -> int:
 
 
 @contextmanager
-def writer(db_path: Path, *, timeout_s: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A trusted read-write connection for app code (ingest, drops), exclusive in this process and
-    across processes (the writer flock and DuckDB's file lock) for as long as it is open.
-
-    Waits at most `timeout_s` seconds (None: `WRITE_WAIT_S`) for readers and writers here and in
-    other processes, then raises WorkspaceBusy. Re-entrant: inside another `writer()` (or an
-    exclusive `workspace_lock`) of the same thread it yields that connection and leaves it open
-    (reopened first when a `lend` closed it). Creates the file and its folder when missing.
-    Closed when the outermost hold exits; the caller manages transactions.
-    """
-    db_path = Path(db_path)
+def _write_held(db_path: Path, timeout_s: float | None) -> Iterator[tuple[_Workspace, float]]:
     deadline = time.monotonic() + (WRITE_WAIT_S if timeout_s is None else timeout_s)
     ws = _workspace(db_path)
     ws.acquire_write(deadline)
@@ -324,18 +314,44 @@ def writer(db_path: Path, *, timeout_s: float | None = None) -> Iterator[duckdb.
         if ws.flock is None:
             db_path.parent.mkdir(parents=True, exist_ok=True)
             ws.flock = _writer_flock(db_path, deadline=deadline)
-        if ws.rw_con is None:
-            if not db_path.exists():
-                _create_empty(db_path)
-            ws.rw_con = _connect(lambda: duckdb.connect(str(db_path)), deadline=deadline)
-        yield ws.rw_con
+        yield ws, deadline
     finally:
         ws.release_write()
 
 
 @contextmanager
+def write_lock(db_path: Path, *, timeout_s: float | None = None) -> Iterator[None]:
+    """The writer's locks (this process's and the cross-process flock) without a connection: a
+    `writer()` of the same thread inside the block re-enters them and opens the connection when
+    first needed, and `lend` can hand the file to a child process meanwhile. Waits like `writer()`
+    (at most `timeout_s`, then WorkspaceBusy)."""
+    with _write_held(Path(db_path), timeout_s):
+        yield
+
+
+@contextmanager
+def writer(db_path: Path, *, timeout_s: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A trusted read-write connection for app code (ingest, drops), exclusive in this process and
+    across processes (the writer flock and DuckDB's file lock) for as long as it is open.
+
+    Waits at most `timeout_s` seconds (None: `WRITE_WAIT_S`) for readers and writers here and in
+    other processes, then raises WorkspaceBusy. Re-entrant: inside another `writer()` or
+    `write_lock()` (or an exclusive `workspace_lock`) of the same thread it yields that
+    connection, opened first if none is, and leaves it open. Creates the file and its folder when
+    missing. Closed when the outermost hold exits; the caller manages transactions.
+    """
+    db_path = Path(db_path)
+    with _write_held(db_path, timeout_s) as (ws, deadline):
+        if ws.rw_con is None:
+            if not db_path.exists():
+                _create_empty(db_path)
+            ws.rw_con = _connect(lambda: duckdb.connect(str(db_path)), deadline=deadline)
+        yield ws.rw_con
+
+
+@contextmanager
 def lend(db_path: Path) -> Iterator[Path]:
-    """Inside this thread's `writer()`: close its connection so that a child process can open the
+    """Inside this thread's `writer()` or `write_lock()`: close its connection (if one is open) so that a child process can open the
     file read-write (`lent_writer`) while this process keeps both writer locks (no writer here or
     in another process can start; readers of other processes can). Yields the file's path. The
     next `writer()` of the block reopens the connection; connections yielded before are closed.
@@ -344,7 +360,7 @@ def lend(db_path: Path) -> Iterator[Path]:
     ws = _workspace(db_path)
     with ws.cond:
         if ws.writer != threading.get_ident() or ws.flock is None:
-            raise RuntimeError("lend() needs this thread's writer() of the workspace")
+            raise RuntimeError("lend() needs this thread's writer() or write_lock() of the workspace")
         con, ws.rw_con = ws.rw_con, None
     if con is not None:
         con.close()
