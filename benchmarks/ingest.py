@@ -8,23 +8,27 @@ max(self, children), i.e. the largest single process, not their sum. The CSVs ar
 COPY, deterministically, in a temporary folder.
 
 1. Worker vs in-process: `ingest_file` with the default settings (parse in the capped worker
-   process, staged tables copied into the workspace DB) vs `CFO_DESK_INGEST_MEMORY_GB=0` (parse in
-   the calling process), on a 200,000-row messy finance CSV and on a 1,000-row one (which shows
-   the worker's fixed cost). Median of interleaved runs. Target: ratio worker/in-process within
-   ~1.2x for the 200,000-row file.
+   process, which writes into the workspace's file the caller lends it) vs
+   `CFO_DESK_INGEST_MEMORY_GB=0` (parse in the calling process), on a 200,000-row messy finance
+   CSV and on a 1,000-row one (which shows the worker's fixed cost; a spare worker is started
+   ahead, so the warm-up's upload leaves one ready). Median of interleaved runs. Target: ratio
+   worker/in-process within ~1.2x for the 200,000-row file.
 2. Ours vs references, 1,000,000 rows, clean (ISO dates, CUST-000123, 1234.56, currency, region) and
    messy ($1,234.56, (123.45) negatives, DD/MM/YYYY dates): wall time and peak RSS of our
    `ingest_file` (default settings: worker), DuckDB `CREATE TABLE t AS SELECT * FROM read_csv(path)`
-   into a file DB, and pandas `read_csv`. Targets (from the issue): ours within 2x DuckDB's time and
-   1.5x DuckDB's peak RSS. A case whose first run takes over 10 s is not repeated.
+   into a file DB, the same with `all_varchar=true` (DuckDB reading every value as text, which is
+   where any cleanup of the values starts), and pandas `read_csv`. Runs are interleaved (one of
+   each per round, 5 rounds) and time ratios are medians of same-round ratios, so machine noise
+   hits both sides. Targets (from the issue): ours within 2x DuckDB's time and 1.5x DuckDB's peak
+   RSS. A case whose first run takes over 10 s is not repeated.
 3. Optional (`BENCH_BIG=1`): a big clean CSV (`BENCH_BIG_ROWS`, default 13,000,000 rows = 593 MB;
    22,000,000 for ~1 GB), ours vs DuckDB, one run each; pandas is skipped (it would need several
    GB). Ours runs with the cell limit and the parse timeout raised (`CFO_DESK_INGEST_MAX_CELLS`,
-   `CFO_DESK_INGEST_TIMEOUT_S`: 13M rows took ~280 s, near the 300 s default) so the file is not
-   refused; the worker's memory cap stays at its default (4 GB; 13M rows peaked at ~2.3 GB).
+   `CFO_DESK_INGEST_TIMEOUT_S`) so the file is not refused; the worker's memory cap stays at its
+   default (4 GB).
 
-Run: `.venv/bin/python benchmarks/ingest.py` (about 2 minutes on 2 cores; `BENCH_BIG=1` adds about
-5 minutes). `main()` prints the lines; `benchmarks/run.py` calls it. Nothing is asserted.
+Run: `.venv/bin/python benchmarks/ingest.py` (about 3 minutes on 2 cores; `BENCH_BIG=1
+BENCH_BIG_ROWS=22000000` adds about 1 minute). `main()` prints the lines; `benchmarks/run.py` calls it. Nothing is asserted.
 """
 
 from __future__ import annotations

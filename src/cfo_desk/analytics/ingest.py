@@ -435,12 +435,16 @@ def _load_csv(
     tmp: Path,
     progress: Progress | None = None,
     careful: bool = True,
+    quoted: bool | None = None,
 ) -> _Source:
     """The CSV's records, read with the dialect DuckDB's sniffer finds. ``careful``: the quick
     sniff is checked by a full read (which also counts the records and meets any encoding error);
     otherwise (the first try, `_ingest_local`) that read is left to the one that writes the table,
-    and a failure there means a careful try (`_Optimistic`)."""
+    and a failure there means a careful try. ``quoted``: whether the file holds a double quote,
+    if known (a transcoded copy holds the same ones)."""
     encoding = _csv_encoding(path, name)
+    if quoted is None:
+        quoted = _contains(path, b'"')
     notes: list[str] = []
     # nullstr is a string no file contains: empty fields then read as '' and only the fields that
     # null_padding adds to short rows are NULL, which is how short rows are counted (see _prepare).
@@ -462,7 +466,7 @@ def _load_csv(
             try:
                 quick = opts.replace("sample_size=-1", f"sample_size={_SNIFF_ROWS}")
                 found = _read_dialect(con, src, quick, encoding, name, progress, verify=careful)
-                if found[1] == "(empty)" and _contains(src, b'"'):
+                if found[1] == "(empty)" and quoted:
                     found = None
             except duckdb.Error as e:
                 if "not utf-8 encoded" in str(e).lower():
@@ -479,7 +483,7 @@ def _load_csv(
                 continue
             raise IngestError(f"{name}: {_duckdb_message(e)}") from e
     unclosed = None
-    if quote in ("", "(empty)") and _contains(src, b'"'):
+    if quote in ("", "(empty)") and quoted:
         unclosed = _unclosed_quote_line(src, delimiter)
         if unclosed:
             notes.append(
@@ -1689,9 +1693,10 @@ def _no_filter_pushdown(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
 # ----------------------------------------------------------------------------- limits
 
 
-def check_limits(path: Path, original_name: str) -> int | None:
+def check_limits(path: Path, original_name: str) -> tuple[int, bool] | None:
     """Refuse a file over a limit before anything parses it; IngestError names the file, the limit
-    and the value found. Returns a CSV's line count (None for a workbook).
+    and the value found. Returns a CSV's (line count, whether it holds a double quote), learnt on
+    the way (None for a workbook).
 
     CSV: the header's columns (Python's csv reader over the first `CSV_SAMPLE_BYTES`, for each
     usual delimiter; the widest reading counts) against `MAX_COLUMNS`, and lines x columns against
@@ -1713,7 +1718,7 @@ def _count(n: int) -> str:
     return f"{n:,}"
 
 
-def _check_csv(path: Path, name: str) -> int:
+def _check_csv(path: Path, name: str) -> tuple[int, bool]:
     max_columns, max_cells = _limits()
     encoding = _csv_encoding(path, name)
     with open(path, "rb") as fh:
@@ -1740,26 +1745,27 @@ def _check_csv(path: Path, name: str) -> int:
             f"{name}: the file has {more}{_count(width)} columns; the limit is {_count(max_columns)} columns per table."
             " Remove unused columns or split the file."
         )
-    lines = _line_count(path)
+    lines, quoted = _line_count(path)
     if lines * max(width, 1) > max_cells:
         raise IngestError(
             f"{name}: the file has about {_count(lines)} rows x {_count(width)} columns = {_count(lines * width)} cells;"
             f" the limit is {_count(max_cells)} cells per upload. Split the file."
         )
-    return lines
+    return lines, quoted
 
 
-def _line_count(path: Path) -> int:
-    """Line breaks in the file (LF, or CR for old Mac files: counted when the first block has no
-    LF), +1 for a last line without one."""
-    count, breaks, last = 0, None, b""
+def _line_count(path: Path) -> tuple[int, bool]:
+    """(line breaks in the file (LF, or CR for old Mac files: counted when the first block has no
+    LF), +1 for a last line without one; whether it holds a double quote), in one pass."""
+    count, breaks, last, quoted = 0, None, b"", False
     with open(path, "rb") as fh:
         while chunk := fh.read(1 << 22):
             if breaks is None:
                 breaks = b"\n" if b"\n" in chunk or b"\r" not in chunk else b"\r"
             count += chunk.count(breaks)
+            quoted = quoted or b'"' in chunk
             last = chunk[-1:]
-    return count + (1 if last not in (b"\n", b"\r", b"") else 0)
+    return count + (1 if last not in (b"\n", b"\r", b"") else 0), quoted
 
 
 _CELL_REF = re.compile(r"^\$?([A-Za-z]{1,3})\$?(\d{1,7})$")
@@ -1964,13 +1970,13 @@ def ingest_file(
         raise ValueError("for a CSV, table_names must be {None: name}")
     if not is_csv and None in table_names:
         raise ValueError("for a workbook, table_names must map worksheet names to table names")
-    lines = check_limits(path, original_name)
+    lines, quoted = check_limits(path, original_name) or (None, None)
 
     memory_gb, _timeout = _worker_limits()
     overrides = {label: {c: check_override(spec) for c, spec in cols.items()} for label, cols in (overrides or {}).items()}
     kwargs = {
         "path": str(path), "original_name": original_name, "table_names": table_names, "date_order": date_order, "overrides": overrides,
-        "lines": lines,
+        "lines": lines, "quoted": quoted,
     }
     if memory_gb <= 0:  # no worker: parse in this process (CFO_DESK_INGEST_MEMORY_GB=0)
         return _ingest_local(db_path=str(db_path), **kwargs, progress=progress)
@@ -2053,6 +2059,7 @@ def _ingest_local(
     progress: Progress | None = None,
     lent: bool = False,
     lines: int | None = None,
+    quoted: bool | None = None,
 ) -> list[IngestedTable]:
     """The parse and store, in this process (the worker's side of `ingest_file`); ``lent``: the
     calling process holds the workspace's writer and has lent the file (`store.lent_writer`)."""
@@ -2078,7 +2085,9 @@ def _ingest_local(
         # read carefully, with the same result or error as if that had been done from the start.
         for careful in (False, True) if is_csv else (True,):
             try:
-                return _build_all(con, path, original_name, ext, table_names, sheets, Path(tmp), date_order, overrides, progress, careful, lines)
+                return _build_all(
+                    con, path, original_name, ext, table_names, sheets, Path(tmp), date_order, overrides, progress, careful, lines, quoted
+                )
             except (duckdb.Error, IngestError) as e:
                 if careful or not isinstance(e if isinstance(e, duckdb.Error) else e.__cause__, duckdb.Error):
                     raise
@@ -2100,11 +2109,13 @@ def _build_all(
     progress: Progress | None,
     careful: bool,
     lines: int | None = None,
+    quoted: bool | None = None,
 ) -> list[IngestedTable]:
     """Read the sources, plan and write their tables in one transaction (`_ingest_local`).
-    ``lines``: the CSV's line count, if known (for the progress text while records are uncounted)."""
+    ``lines``, ``quoted``: what `check_limits` learnt of a CSV, if known (``lines`` is for the
+    progress text while records are uncounted)."""
     if ext in CSV_EXTENSIONS:
-        sources = [_load_csv(con, path, original_name, ext, table_names[None], tmp, progress, careful)]
+        sources = [_load_csv(con, path, original_name, ext, table_names[None], tmp, progress, careful, quoted)]
         sources[0].lines = lines
     else:
         sources = [_load_sheet(con, rows, k, label, table, notes) for k, (label, table, rows, notes) in enumerate(sheets)]
