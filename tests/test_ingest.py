@@ -579,6 +579,31 @@ def test_types_are_tried_on_a_sample_and_checked_over_every_row(tmp_path):
     assert query(db, "SELECT booked FROM t WHERE id = 1") == [(D(2024, 2, 2),)]
 
 
+@pytest.mark.parametrize("column", ["day", "amount"])
+def test_padded_values_and_null_tokens_after_a_clean_sample(tmp_path, column):
+    """The first pass reads plain-cast columns without cleaning them when their sample needed none;
+    padded values and NULL tokens later in the file still come out as cleaning makes them (one
+    column at a time, so no other column's misfit makes the table be written again)."""
+    n = ingest.SAMPLE_ROWS + 20
+    lines = ["day,amount,memo"]
+    for i in range(n):
+        late = i >= ingest.SAMPLE_ROWS + 10
+        day, amount = f"2024-01-{1 + i % 28:02d}", f"{i}.5"
+        if late and column == "day":
+            day = "\u00a02024-03-07 " if i % 2 else "n/a"
+        if late and column == "amount":
+            amount = " 7.25\t" if i % 2 else "-"
+        lines.append(f"{day},{amount},m{i}")
+    r = ingest_csv(tmp_path, "padded.csv", ("\n".join(lines) + "\n").encode())
+    db = tmp_path / "ws.duckdb"
+    assert types(db, "t") == {"day": "DATE", "amount": "DECIMAL(18,2)", "memo": "VARCHAR"}
+    last, before = query(db, f"SELECT {column} FROM t WHERE memo = 'm{n - 1}'"), query(db, f"SELECT {column} FROM t WHERE memo = 'm{n - 2}'")
+    assert last == [(D(2024, 3, 7),)] if column == "day" else [(DEC("7.25"),)]
+    assert before == [(None,)]
+    assert query(db, f"SELECT count(*), count({column}) FROM t") == [(n, n - 5)]
+    assert not [x for x in r.notes if "do not fit" in x or "does not fit" in x]
+
+
 def test_a_late_row_with_an_extra_field_is_named_by_its_line(tmp_path):
     """Far into a file (past the sniffer's sample), one unquoted thousands separator: the error names
     the line and how it starts (DuckDB reads the lines in parallel; the line number still comes through)."""

@@ -4,11 +4,13 @@ One path for both formats:
 
 1. **Raw cells**, as text, in file order. CSV files are read by DuckDB's ``read_csv`` (path quoted
    as a literal; ``header=false``, every column VARCHAR, ``null_padding=true``) with the dialect a
-   quick sniff found, checked by one full read (encoding and layout errors surface there; when it
-   fails, or finds quote characters the sniff did not take for quotes, a full sniff decides).
-   Nothing is copied: tables of at most `_COLUMN_CHUNK` columns are written in one
-   ``CREATE TABLE ... AS SELECT`` over ``read_csv`` (`_build_stream`), wider ones from a temp table
-   of the raw cells. Worksheets are read with openpyxl (``read_only``, ``data_only``; defusedxml
+   quick sniff found. Nothing is copied: tables of at most `_COLUMN_CHUNK` columns are written in
+   one ``CREATE TABLE ... AS SELECT`` over ``read_csv`` (`_build_stream`; it skips the lines up to
+   the header, so its rows are the records after it in order), wider ones from a temp table of the
+   raw cells. That read also checks the quick sniff: when DuckDB stops it (a wider row past the
+   sniff, a byte that is not UTF-8), it is rolled back and the file read carefully: one full read
+   checks the sniff first (where it fails, or finds quote characters the sniff did not take for
+   quotes, a full sniff decides), with the same outcome as if that had been done from the start. Worksheets are read with openpyxl (``read_only``, ``data_only``; defusedxml
    guards the XML) and their values turned into text: numbers in plain decimal notation, date cells
    as ISO dates, booleans as ``true``/``false``.
 2. **Header.** The first non-empty row; up to 5 one-cell title rows above a wider row (``"ACME Corp -
@@ -22,7 +24,10 @@ One path for both formats:
    ``-``, ``--``, ``null``, ``nan`` and empty cells are NULL. Every format below is tried on the
    first `SAMPLE_ROWS` data rows; every row is then checked in the one format the sample chose, and
    a column whose later rows don't fit gets every format tried over all rows (so the outcome is
-   the same as trying everything everywhere; a column that falls back to text is noted):
+   the same as trying everything everywhere; a column that falls back to text is noted). A column
+   whose sample is all in the commonest clean shapes (``2024-01-31``, ``31/01/2024``, ``-1234.5``)
+   is converted by a plain strict cast; a later value in another shape sends it through the
+   general parsers like any misfit:
 
    - ``true``/``false`` -> BOOLEAN.
    - Dates -> DATE, or TIMESTAMP when a time is present: ISO ``2024-12-31`` (also ``2024/12/31``),
@@ -66,11 +71,10 @@ count and each sheet's declared dimension), naming the file, the limit and the v
 parse itself (openpyxl and DuckDB) runs in a worker process (`ingest_worker`) under RLIMIT_AS
 (`CFO_DESK_INGEST_MEMORY_GB`, default 4) and a time limit (`CFO_DESK_INGEST_TIMEOUT_S`, default
 300): a crash or memory error there is an IngestError ("the file needed more than N GB of memory
-to read"), never the app's. The worker writes the tables into a temporary DuckDB file beside the
-workspace's (it needs no lock of the workspace); this process then copies them into the workspace's
-database in one transaction on the workspace's writer connection (``store.writer``): on any error
-nothing is left behind and earlier tables survive unchanged. ``CFO_DESK_INGEST_MEMORY_GB=0`` parses
-in the app process instead (no worker, no OS limit).
+to read"), never the app's. This process holds the workspace's writer locks and lends the file
+to the worker (``store.lend``), which writes all the tables in one transaction: on any error, or
+when the worker is stopped or dies, nothing is left behind and earlier tables survive unchanged.
+``CFO_DESK_INGEST_MEMORY_GB=0`` parses in the app process instead (no worker, no OS limit).
 """
 
 from __future__ import annotations
@@ -1387,7 +1391,9 @@ class _Stream:
     scan: str | None = None  # the cleaned records without rn, in record order (see `_build_stream`)
     titles: list[tuple] = field(default_factory=list)  # the title rows above the header (cleaned values)
     records: int | None = None  # records in the source
-    data_scan: str | None = None  # the cleaned records after the header, in record order, without rn (read_csv skip)
+    data_read: str | None = None  # read_csv of the records after the header, in record order (skip=lines up to it)
+    raw_cols: list[str] = field(default_factory=list)  # the raw columns (quoted), one per v
+    dirty: set[int] = field(default_factory=set)  # columns with a value in the sample that cleaning changes
 
 
 def _prepare_stream(
@@ -1399,9 +1405,11 @@ def _prepare_stream(
     raw_cols = [d[0] for d in con.execute(f"SELECT * FROM {src.relation} LIMIT 0").description][1:]
     vs = [f"v{j}" for j in range(len(raw_cols))]
     cleaned = ", ".join(f"cfo_clean({quote_ident(r)}) AS {v}" for r, v in zip(raw_cols, vs))
+    # d{j}: the raw value is one cleaning changes (padded, or a NULL token), see `_build_stream`.
+    dirty = ", ".join(f"(regexp_matches({quote_ident(r)}, {_CLEAN}) AND {quote_ident(r)} <> '') AS d{j}" for j, r in enumerate(raw_cols))
     sample = f"temp.cfo_sample_{k}"
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE cfo_sample_{k} AS SELECT rn, {cleaned} FROM {src.relation}"
+        f"CREATE OR REPLACE TEMP TABLE cfo_sample_{k} AS SELECT rn, {cleaned}, {dirty} FROM {src.relation}"
         f" LIMIT {SAMPLE_ROWS + _MAX_TITLE_ROWS + 1}"
     )
     first, titles, hdr, header = _find_header(con, sample, vs, src, name)
@@ -1414,10 +1422,12 @@ def _prepare_stream(
     unknown = {j for j, st in enumerate(stats) if not st["n"]}
     scan = f"(SELECT {cleaned}, {quote_ident(raw_cols[named - 1])} AS r_last FROM {src.scan})" if src.scan else None
     skip = _lines_before_data(src.file, src.dialect, int(hdr) + 1) if src.scan and src.file and src.dialect else None
-    data_scan = scan.replace("header=false,", f"header=false, skip={skip},", 1) if skip else None
+    data_read = src.scan.replace("header=false,", f"header=false, skip={skip},", 1) if skip else None
+    counts = con.execute(f"SELECT {', '.join(f'count_if(d{j})' for j in range(named))} FROM {sample} WHERE {data}").fetchone()
     plan = _Stream(
         clean, data, vs, header, int(hdr), named, notes, stats, unknown, date_order, name, dict(overrides or {}),
-        scan, [tuple(r[2:]) for r in first[:titles]], src.records, data_scan,
+        scan, [tuple(r[2:]) for r in first[:titles]], src.records, data_read,
+        [quote_ident(r) for r in raw_cols], {j for j, n in enumerate(counts) if n},
     )
     return _Prepared(src, None, [], None, [], plan)
 
@@ -1484,7 +1494,7 @@ def _fast(c: _Column) -> tuple[str, str | None, str | None]:
         return f"CAST(try_strptime({x}, '{fmt}') AS DATE)", None, dated
     us_dec2 = c.kind == "number" and c.sql_type == "DECIMAL(18,2)" and "cfo_us(" in c.expr
     if us_dec2 and s.get("plain_dec") == n:
-        plain = _lit(_SCREENS["plain_dec"])
+        plain = _lit(rf"\s*{_SCREENS['plain_dec']}\s*")  # the first pass may read it uncleaned
         return f"TRY_CAST({x} AS DECIMAL(18,2))", None, f"({x} IS NOT NULL AND (cfo_c{j} IS NULL OR NOT regexp_full_match({x}, {plain})))"
     if us_dec2:
         cond = f"regexp_full_match({x}, {_FAST_US_DEC2})"
@@ -1532,8 +1542,7 @@ def _build_stream(con: duckdb.DuckDBPyConnection, target: str, p: _Prepared, wat
     plain_checked: dict[int, str] = {}  # column -> its general check, where the first pass used a plain one
     extra = [f"{st.vs[j]} AS cfo_x{j}" for j in range(named, len(vs))]
     repeat, total, label = _row_sql(vs, st.header, named)
-    # The label of a total row (NULL for any other row): one regex per row, not two.
-    extra += [f"{repeat} AS cfo_rehdr", f"CASE WHEN {total} THEN {label} END AS cfo_label"]
+    extra += [f"{repeat} AS cfo_rehdr"]
     trailing: list[tuple[int, str]] | None = None
     # Overrides name stored columns; the header's columns get their names before any is dropped.
     provisional, _ = _column_names(st.header, list(range(named)))
@@ -1553,8 +1562,8 @@ def _build_stream(con: duckdb.DuckDBPyConnection, target: str, p: _Prepared, wat
         for t in st.titles
     )
     keep_row = f"NOT ({_any_value(vs)} IS NOT TRUE OR {repeat}{' OR ' + titles if titles else ''})"
-    serial = st.scan is None or (st.records is None and st.data_scan is None)
-    has_drop = False  # the table holds cfo_drop (written from data_scan)
+    serial = st.scan is None or (st.records is None and st.data_read is None)
+    has_drop = False  # the table holds cfo_drop (written from data_read)
     for attempt in range(3):
         cols = [_Column(f"cfo_c{j}", vs[j], stats[j]) for j in range(named)]
         _type_columns(cols, src.delimiter, st.date_order, forced)
@@ -1566,15 +1575,28 @@ def _build_stream(con: duckdb.DuckDBPyConnection, target: str, p: _Prepared, wat
         inner += [*vs, "r_last"]
         select = [f"cfo_c{j}" for j in range(named)] + [f"{vs[j]} AS cfo_raw{j}" for j in sorted(raw_keep)]
         select += [f"{fast[j][2] or _outer_check(cols[j], j, chk, fast[j][1] is not None)} AS cfo_bad{j}" for j, chk in checks.items() if chk]
-        select += extra + ["(r_last IS NULL) AS cfo_short"]
-        if not serial and st.data_scan:
+        # The label of a total row (NULL for any other row), one regex per row at most: where the
+        # first column converts to a date or number, the row's first cell is no "Total".
+        typed0 = not cols[0].forced and cols[0].kind in ("int", "dm", "iso", "mon", "number")
+        select += extra + [
+            f"CASE {'WHEN cfo_c0 IS NOT NULL THEN NULL ' if typed0 else ''}WHEN {total} THEN {label} END AS cfo_label",
+            "(r_last IS NULL) AS cfo_short",
+        ]
+        if not serial and st.data_read:
             # The reader skips the lines up to the header (read_csv skip) and no row is left out,
             # so a row's record number is hdr + 1 + rowid - min(rowid); a row that is no data (empty,
-            # a header repeat, a title row again) sends the table to the serial shape.
+            # a header repeat, a title row again) sends the table to the serial shape. On the first
+            # pass, a column converted by a plain cast whose sample values cleaning leaves alone is
+            # not cleaned (the regex is the costliest step per value); any value the cast can't
+            # take is flagged, and the next pass cleans every column.
+            raw = {j for j in range(named) if fast[j][2] and j not in st.dirty} if attempt == 0 else set()
+            values = ", ".join(
+                f"nullif({r}, '') AS {v}" if j in raw else f"cfo_clean({r}) AS {v}" for j, (r, v) in enumerate(zip(st.raw_cols, vs))
+            )
             with watch():
                 con.execute(
                     f"CREATE OR REPLACE TABLE {target} AS SELECT {', '.join(select)}, NOT ({keep_row}) AS cfo_drop"
-                    f" FROM (SELECT {', '.join(inner)} FROM {st.data_scan})"
+                    f" FROM (SELECT {', '.join(inner)} FROM (SELECT {values}, {st.raw_cols[named - 1]} AS r_last FROM {st.data_read}))"
                 )
             base, dropped = con.execute(f"SELECT coalesce(min(rowid), 0), count_if(cfo_drop) FROM {target}").fetchone()
             serial, has_drop = bool(dropped), True
