@@ -258,7 +258,7 @@ def test_upload_stopped_mid_write_leaves_the_workspace_as_it_was(session, ws, tm
     go: the table it was replacing keeps its old rows, the file opens, the next upload works."""
     (old,) = ds_svc.upload_file(session=session, workspace_id=ws.id, filename="sales.csv", data=GOOD)
     big = tmp_path / "sales.csv"
-    with duckdb.connect() as con:  # 3M rows: the write takes over a second, so progress is reported during it
+    with duckdb.connect() as con:  # 3M rows: progress is reported as the write starts (and on)
         con.execute(
             "COPY (SELECT DATE '2024-01-01' + CAST(i % 365 AS INTEGER) AS month, i / 100 AS revenue FROM range(3000000) t(i))"
             f" TO '{big}' (HEADER)"

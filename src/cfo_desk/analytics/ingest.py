@@ -372,10 +372,10 @@ PROGRESS_POLL_S = 0.5
 
 @contextmanager
 def _watch(con: duckdb.DuckDBPyConnection, progress: Progress | None, text: Callable[[float], str]) -> Iterator[None]:
-    """While the block runs one long DuckDB statement on ``con``, report its progress every
-    `PROGRESS_POLL_S` seconds (DuckDB's ``query_progress``, from another thread) as
+    """While the block runs one long DuckDB statement on ``con``, report its progress as it starts
+    and then every `PROGRESS_POLL_S` seconds (DuckDB's ``query_progress``, from another thread) as
     ``progress(fraction, text(fraction))``. Does nothing without ``progress``."""
-    if progress is None:
+    if not progress:
         yield
         return
     con.execute("SET enable_progress_bar = true")
@@ -391,6 +391,7 @@ def _watch(con: duckdb.DuckDBPyConnection, progress: Progress | None, text: Call
             if pct >= 0:
                 progress(min(pct, 100.0) / 100, text(min(pct, 100.0) / 100))
 
+    progress(0.0, text(0.0))  # at once: the bar shows as the step starts
     watcher = threading.Thread(target=poll, name="cfo-ingest-progress", daemon=True)
     watcher.start()
     try:
@@ -1543,6 +1544,7 @@ def _build_stream(con: duckdb.DuckDBPyConnection, target: str, p: _Prepared, wat
     extra = [f"{st.vs[j]} AS cfo_x{j}" for j in range(named, len(vs))]
     repeat, total, label = _row_sql(vs, st.header, named)
     extra += [f"{repeat} AS cfo_rehdr"]
+    lean_ok = True  # the first pass may write the lean shape (see below)
     trailing: list[tuple[int, str]] | None = None
     # Overrides name stored columns; the header's columns get their names before any is dropped.
     provisional, _ = _column_names(st.header, list(range(named)))
@@ -1578,10 +1580,9 @@ def _build_stream(con: duckdb.DuckDBPyConnection, target: str, p: _Prepared, wat
         # The label of a total row (NULL for any other row), one regex per row at most: where the
         # first column converts to a date or number, the row's first cell is no "Total".
         typed0 = not cols[0].forced and cols[0].kind in ("int", "dm", "iso", "mon", "number")
-        select += extra + [
-            f"CASE {'WHEN cfo_c0 IS NOT NULL THEN NULL ' if typed0 else ''}WHEN {total} THEN {label} END AS cfo_label",
-            "(r_last IS NULL) AS cfo_short",
-        ]
+        label_sql = f"CASE {'WHEN cfo_c0 IS NOT NULL THEN NULL ' if typed0 else ''}WHEN {total} THEN {label} END"
+        select += extra + [f"{label_sql} AS cfo_label", "(r_last IS NULL) AS cfo_short"]
+        lean = False
         if not serial and st.data_read:
             # The reader skips the lines up to the header (read_csv skip) and no row is left out,
             # so a row's record number is hdr + 1 + rowid - min(rowid); a row that is no data (empty,
@@ -1593,13 +1594,32 @@ def _build_stream(con: duckdb.DuckDBPyConnection, target: str, p: _Prepared, wat
             values = ", ".join(
                 f"nullif({r}, '') AS {v}" if j in raw else f"cfo_clean({r}) AS {v}" for j, (r, v) in enumerate(zip(st.raw_cols, vs))
             )
-            with watch():
-                con.execute(
-                    f"CREATE OR REPLACE TABLE {target} AS SELECT {', '.join(select)}, NOT ({keep_row}) AS cfo_drop"
-                    f" FROM (SELECT {', '.join(inner)} FROM (SELECT {values}, {st.raw_cols[named - 1]} AS r_last FROM {st.data_read}))"
-                )
-            base, dropped = con.execute(f"SELECT coalesce(min(rowid), 0), count_if(cfo_drop) FROM {target}").fetchone()
-            serial, has_drop = bool(dropped), True
+            relation = f"(SELECT {', '.join(inner)} FROM (SELECT {values}, {st.raw_cols[named - 1]} AS r_last FROM {st.data_read}))"
+            # Lean shape first: the values, the total label and one flag for anything to look at
+            # in a row that is not a total (a misfit, a field past the header, a header repeat, a
+            # short row, a row that is no data). Writing the helper columns one by one costs a
+            # quarter of the pass; they are written (the full shape) only when that flag is set
+            # somewhere, or a total row stands among the data.
+            if lean_ok and attempt == 0:
+                flags = [s_.rsplit(" AS ", 1)[0] for s_ in select if " AS cfo_bad" in s_]
+                flags += [f"{vs[j]} IS NOT NULL" for j in range(named, len(vs))] + [repeat, "r_last IS NULL", f"NOT ({keep_row})"]
+                with watch():
+                    con.execute(
+                        f"CREATE OR REPLACE TABLE {target} AS SELECT {', '.join(select[: named + len(raw_keep)])},"
+                        f" {label_sql} AS cfo_label, ({label_sql}) IS NULL AND ({' OR '.join(flags)}) AS cfo_any FROM {relation}"
+                    )
+                base, anything, last_plain, first_total = con.execute(
+                    f"SELECT coalesce(min(rowid), 0), count_if(cfo_any), max(rowid) FILTER (WHERE cfo_label IS NULL),"
+                    f" min(rowid) FILTER (WHERE cfo_label IS NOT NULL) FROM {target}"
+                ).fetchone()
+                lean = not anything and (first_total is None or last_plain is None or first_total > last_plain)
+                lean_ok = lean
+            if not lean:
+                with watch():
+                    con.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT {', '.join(select)}, NOT ({keep_row}) AS cfo_drop FROM {relation}")
+                base, dropped = con.execute(f"SELECT coalesce(min(rowid), 0), count_if(cfo_drop) FROM {target}").fetchone()
+                serial = bool(dropped)
+            has_drop = not lean
         elif not serial:
             with watch(), _no_filter_pushdown(con):
                 con.execute(
@@ -1619,19 +1639,23 @@ def _build_stream(con: duckdb.DuckDBPyConnection, target: str, p: _Prepared, wat
         else:
             rn = f"(rowid - {int(base) - st.hdr - 1})"
         if trailing is None:  # the first pass: which rows repeat the header, and the totals at the end
+            rehdr = "false" if lean else "cfo_rehdr"  # the lean shape has none (its flag would be set)
             all_rows, all_last = con.execute(f"SELECT count(*), max({rn}) FROM {target}").fetchone()
-            repeats = [r for (r,) in con.execute(f"SELECT {rn} FROM {target} WHERE cfo_rehdr ORDER BY 1").fetchall()]
-            totals = con.execute(f"SELECT {rn}, cfo_label FROM {target} WHERE cfo_label IS NOT NULL AND NOT cfo_rehdr ORDER BY 1").fetchall()
-            (last_data,) = con.execute(f"SELECT max({rn}) FROM {target} WHERE cfo_label IS NULL AND NOT cfo_rehdr").fetchone()
+            repeats = [r for (r,) in con.execute(f"SELECT {rn} FROM {target} WHERE {rehdr} ORDER BY 1").fetchall()]
+            totals = con.execute(f"SELECT {rn}, cfo_label FROM {target} WHERE cfo_label IS NOT NULL AND NOT {rehdr} ORDER BY 1").fetchall()
+            (last_data,) = con.execute(f"SELECT max({rn}) FROM {target} WHERE cfo_label IS NULL AND NOT {rehdr}").fetchone()
             trailing = [t for t in totals if last_data is not None and t[0] > last_data]
             middle = [t for t in totals if t not in trailing]
             left_out = [r for r, _ in trailing]
             full_data = f"{st.data} AND NOT {repeat}" + (f" AND rn NOT IN ({', '.join(map(str, left_out))})" if left_out else "")
         if repeats or trailing:
-            con.execute(f"DELETE FROM {target} WHERE cfo_rehdr" + "".join(f" OR {rn} = {r}" for r, _ in trailing))
+            con.execute(f"DELETE FROM {target} WHERE {'false' if lean else 'cfo_rehdr'}" + "".join(f" OR {rn} = {r}" for r, _ in trailing))
         flagged = [j for j, chk in checks.items() if chk]
-        aggs = ["count(*)", "count_if(cfo_short)"]
-        aggs += [f"count_if(cfo_bad{j})" for j in flagged] + [f"count(cfo_x{j})" for j in range(named, len(vs))]
+        if lean:  # nothing was flagged in a row that stays
+            aggs = ["count(*)", "0"] + ["0"] * len(flagged) + ["0"] * (len(vs) - named)
+        else:
+            aggs = ["count(*)", "count_if(cfo_short)"]
+            aggs += [f"count_if(cfo_bad{j})" for j in flagged] + [f"count(cfo_x{j})" for j in range(named, len(vs))]
         aggs += [f"count(cfo_c{j})" for j in sorted(st.unknown)]
         got = con.execute(f"SELECT {', '.join(aggs)} FROM {target}").fetchone()
         rows, short = got[0], got[1]
@@ -1662,7 +1686,10 @@ def _build_stream(con: duckdb.DuckDBPyConnection, target: str, p: _Prepared, wat
     keep = [j for j in range(named) if st.header[j] is not None or con.execute(f"SELECT count(cfo_c{j}) FROM {target}").fetchone()[0]]
     names, name_notes = _column_names(st.header, keep)
     helpers = [f"cfo_bad{j}" for j, chk in checks.items() if chk] + [f"cfo_x{j}" for j in range(named, len(vs))]
-    helpers += (["cfo_rn"] if serial else []) + (["cfo_drop"] if has_drop else []) + ["cfo_short", "cfo_rehdr", "cfo_label"] + [f"cfo_c{j}" for j in range(named) if j not in keep]
+    helpers += (["cfo_rn"] if serial else []) + (["cfo_drop"] if has_drop else []) + ["cfo_short", "cfo_rehdr", "cfo_label"]
+    if lean:
+        helpers = ["cfo_label", "cfo_any"]
+    helpers += [f"cfo_c{j}" for j in range(named) if j not in keep]
     for h in helpers:
         con.execute(f"ALTER TABLE {target} DROP COLUMN {h}")
     for j, nm in zip(keep, names):

@@ -84,8 +84,8 @@ def _child_main(in_fd: int, out_fd: int, memory_bytes: int, cpu_s: int) -> None:
         func_name, kwargs = inbox.recv()
     except (EOFError, OSError):  # a spare no one took: the app ended or dropped it
         return
-    if kwargs.get("progress") is True:  # reports go up the same pipe as the reply
-        kwargs["progress"] = lambda fraction, text: outbox.send(("progress", fraction, text))
+    if "progress" in kwargs:  # True: reports go up the same pipe as the reply; False: none
+        kwargs["progress"] = (lambda fraction, text: outbox.send(("progress", fraction, text))) if kwargs["progress"] else None
     try:
         module_name, _, attr = func_name.rpartition(".")
         func = getattr(importlib.import_module(module_name), attr)
