@@ -1201,9 +1201,9 @@ class _Prepared:
 def _prepare(
     con: duckdb.DuckDBPyConnection, src: _Source, k: int, name: str, date_order: str | None, overrides: dict[str, dict] | None = None
 ) -> _Prepared:
-    width = len(con.execute(f"SELECT * FROM {src.relation} LIMIT 0").description) - 1
-    if width <= _COLUMN_CHUNK:
-        return _prepare_stream(con, src, k, name, date_order, overrides)
+    fields = [d[0] for d in con.execute(f"SELECT * FROM {src.relation} LIMIT 0").description][1:]
+    if len(fields) <= _COLUMN_CHUNK:
+        return _prepare_stream(con, src, k, name, date_order, overrides, fields)
     raw = _materialised(con, src, k)
     raw_cols = [d[0] for d in con.execute(f"SELECT * FROM temp.{raw} LIMIT 0").description]
     vs = [f"v{j}" for j in range(len(raw_cols))]
@@ -1398,12 +1398,17 @@ class _Stream:
 
 
 def _prepare_stream(
-    con: duckdb.DuckDBPyConnection, src: _Source, k: int, name: str, date_order: str | None, overrides: dict[str, dict] | None = None
+    con: duckdb.DuckDBPyConnection,
+    src: _Source,
+    k: int,
+    name: str,
+    date_order: str | None,
+    overrides: dict[str, dict] | None,
+    raw_cols: list[str],
 ) -> _Prepared:
     """Plan a table of at most `_COLUMN_CHUNK` columns from a sample: the header and every column's
     format come from the first `SAMPLE_ROWS` data rows; the file itself is read once more, by
     `_build_stream`, which writes the table and checks every row against the sample's choice."""
-    raw_cols = [d[0] for d in con.execute(f"SELECT * FROM {src.relation} LIMIT 0").description][1:]
     vs = [f"v{j}" for j in range(len(raw_cols))]
     cleaned = ", ".join(f"cfo_clean({quote_ident(r)}) AS {v}" for r, v in zip(raw_cols, vs))
     # d{j}: the raw value is one cleaning changes (padded, or a NULL token), see `_build_stream`.
