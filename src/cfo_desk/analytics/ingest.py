@@ -1481,10 +1481,11 @@ def _fast(c: _Column) -> tuple[str, str | None, str | None]:
     """(value SQL, fast-path condition or None, check or None) of column ``c``.
 
     A column whose every value (in the statistics it was typed from) has one of the commonest clean
-    shapes (`_SCREENS` ``plain_*``: 2024-01-31, 31/01/2024, -1234.5) is converted by a plain,
-    strict cast alone, with a check of its own (third item, over ``cfo_c{j}``): any value the cast
-    does not take, or that has another shape, is flagged, so the column gets every format tried
-    over all rows and is written again (`_build_stream`). Otherwise a value that full-matches a
+    shapes (`_SCREENS` ``plain_*``: 2024-01-31, 31/01/2024, -1234.5) is converted by a plain cast
+    alone, with a check of its own (third item, over ``cfo_c{j}``): any value the cast does not
+    take, a number of another shape (the cast would round ``1.234`` and take ``007``, ``1e3``),
+    or a date read as a year below 1000 (strptime's 2-digit %Y) is flagged, so the column gets
+    every format tried over all rows and is written again (`_build_stream`). Otherwise a value that full-matches a
     narrow regex is converted by a plain cast, which gives the general parser's result on such
     values (they leave no room for rounding, exponents, leading zeros or a time, so only a NULL
     result is flagged), and any other value goes through ``c.expr`` and `_check`."""
@@ -1608,7 +1609,7 @@ def _build_stream(con: duckdb.DuckDBPyConnection, target: str, p: _Prepared, wat
             # somewhere, or a total row stands among the data.
             if lean_ok and attempt == 0:
                 flags = [s_.rsplit(" AS ", 1)[0] for s_ in select if " AS cfo_bad" in s_]
-                flags += [f"{vs[j]} IS NOT NULL" for j in range(named, len(vs))] + [repeat, "r_last IS NULL", f"NOT ({keep_row})"]
+                flags += [f"{vs[j]} IS NOT NULL" for j in range(named, len(vs))] + ["r_last IS NULL", f"NOT ({keep_row})"]  # keep_row has the repeat
                 with watch():
                     con.execute(
                         f"CREATE OR REPLACE TABLE {target} AS SELECT {', '.join(select[: named + len(raw_keep)])},"
