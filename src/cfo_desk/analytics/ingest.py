@@ -1542,6 +1542,13 @@ def _build_stream(con: duckdb.DuckDBPyConnection, target: str, p: _Prepared, wat
     tried over all rows (`_stats`) and the table is written again; a column that still does not fit
     is kept as text. Columns that end as text after being typed in the sample are noted with the
     number of values that did not fit.
+
+    Shapes of that pass, cheapest first: (1) from ``data_read`` (the lines after the header,
+    read in parallel), first *lean* (values, total label and one flag; the helper columns only
+    when the flag is set or a total stands among the data); (2) a parallel read of all records
+    that leaves the non-data ones out by content, when the records were counted; (3) the serial
+    read, which numbers the records with a window. (1) and (2) fall back to (3) when rows were
+    left out among the data.
     """
     st, src = p.stream, p.source
     vs, named, stats = st.vs, st.named, list(st.stats)
