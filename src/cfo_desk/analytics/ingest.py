@@ -442,12 +442,14 @@ def _load_csv(
     progress: Progress | None = None,
     careful: bool = True,
     quoted: bool | None = None,
+    lines: int | None = None,
 ) -> _Source:
     """The CSV's records, read with the dialect DuckDB's sniffer finds. ``careful``: the quick
     sniff is checked by a full read (which also counts the records and meets any encoding error);
     otherwise (the first try, `_ingest_local`) that read is left to the one that writes the table,
     and a failure there means a careful try. ``quoted``: whether the file holds a double quote,
-    if known (a transcoded copy holds the same ones)."""
+    if known (a transcoded copy holds the same ones); ``lines``: its line count, if known (the
+    progress text's "about N rows" while records are uncounted)."""
     encoding = _csv_encoding(path, name)
     if quoted is None:
         quoted = _contains(path, b'"')
@@ -498,7 +500,7 @@ def _load_csv(
             )
     relation = f"(SELECT row_number() OVER () - 1 AS rn, * FROM {read})"
     file = src if encoding != "utf-16" else None
-    return _Source(relation, None, None, table, notes, delimiter, unclosed, records, scan, file=file, dialect=dialect)
+    return _Source(relation, None, None, table, notes, delimiter, unclosed, records, scan, file=file, dialect=dialect, lines=lines)
 
 
 _SNIFF_ROWS = 20_480  # rows the quick sniff looks at (DuckDB's default sample)
@@ -1493,13 +1495,13 @@ def _fast(c: _Column) -> tuple[str, str | None, str | None]:
     if c.forced or c.kind == "text":
         return c.expr, None, None
     n, s = c.s["n"], c.s
+    day_month = "%d/%m/%Y" if c.expr.endswith("true) AS DATE)") else "%m/%d/%Y"  # dm columns: the order chosen
     # strptime reads a 2-digit year as year 0023 (where the general parser pivots it): such values are flagged too.
     dated = f"({x} IS NOT NULL AND (cfo_c{j} IS NULL OR year(cfo_c{j}) < 1000))"
     if c.kind == "iso" and c.sql_type == "DATE" and s.get("plain_iso") == n:
         return f"CAST(try_strptime({x}, '%Y-%m-%d') AS DATE)", None, dated
     if c.kind == "dm" and c.sql_type == "DATE" and s.get("plain_dm") == n:
-        fmt = "%d/%m/%Y" if c.expr.endswith("true) AS DATE)") else "%m/%d/%Y"
-        return f"CAST(try_strptime({x}, '{fmt}') AS DATE)", None, dated
+        return f"CAST(try_strptime({x}, '{day_month}') AS DATE)", None, dated
     us_dec2 = c.kind == "number" and c.sql_type == "DECIMAL(18,2)" and "cfo_us(" in c.expr
     if us_dec2 and s.get("plain_dec") == n:
         plain = _lit(rf"\s*{_SCREENS['plain_dec']}\s*")  # the first pass may read it uncleaned
@@ -1511,10 +1513,9 @@ def _fast(c: _Column) -> tuple[str, str | None, str | None]:
             f" ELSE translate({x}, '$,', '') END AS DECIMAL(18,2))"
         )
     elif c.kind == "iso" and c.sql_type == "DATE":
-        cond, fe = f"regexp_full_match({x}, '\\d{{4}}-\\d{{2}}-\\d{{2}}')", f"TRY_CAST({x} AS DATE)"
+        cond, fe = f"regexp_full_match({x}, {_lit(_SCREENS['plain_iso'])})", f"TRY_CAST({x} AS DATE)"
     elif c.kind == "dm" and c.sql_type == "DATE":
-        fmt = "%d/%m/%Y" if c.expr.endswith("true) AS DATE)") else "%m/%d/%Y"
-        cond, fe = f"regexp_full_match({x}, '\\d{{1,2}}/\\d{{1,2}}/\\d{{4}}')", f"CAST(try_strptime({x}, '{fmt}') AS DATE)"
+        cond, fe = f"regexp_full_match({x}, {_lit(_SCREENS['plain_dm'])})", f"CAST(try_strptime({x}, '{day_month}') AS DATE)"
     else:
         return c.expr, None, None
     return f"CASE WHEN {cond} THEN {fe} ELSE {c.expr} END", cond, None
@@ -2178,8 +2179,7 @@ def _build_all(
     ``lines``, ``quoted``: what `check_limits` learnt of a CSV, if known (``lines`` is for the
     progress text while records are uncounted)."""
     if ext in CSV_EXTENSIONS:
-        sources = [_load_csv(con, path, original_name, ext, table_names[None], tmp, progress, careful, quoted)]
-        sources[0].lines = lines
+        sources = [_load_csv(con, path, original_name, ext, table_names[None], tmp, progress, careful, quoted, lines)]
     else:
         sources = [_load_sheet(con, rows, k, label, table, notes) for k, (label, table, rows, notes) in enumerate(sheets)]
     try:
