@@ -128,6 +128,11 @@ class Dataset(SQLModel, table=True):
         sa_column=_json(),
         description='{column: {"type", "date_order", "decimal"}} chosen on the Data page (ingest.check_override).',
     )
+    date_ranges: dict[str, list] = Field(
+        default_factory=dict,
+        sa_column=_json(),
+        description='{column: ["YYYY-MM-DD" first, "YYYY-MM-DD" last]} per DATE/TIMESTAMP column, read at ingest (the agent is told where the data ends).',
+    )
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
 
 
@@ -173,6 +178,34 @@ class Message(SQLModel, table=True):
     duration_s: float | None = Field(default=None, description="Run wall time, seconds.")
     input_tokens: int | None = None
     output_tokens: int | None = None
+    glossary_version: int | None = Field(
+        default=None, description="The workspace glossary version the turn's instructions carried (0: empty glossary)."
+    )
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+
+class GlossaryEntry(SQLModel, table=True):
+    """One change to a workspace's glossary: a term defined, redefined or removed.
+
+    The glossary is versioned as a log: every change is a new row with the workspace's next
+    `version` (1, 2, ...); rows are never updated. The glossary at version V holds, per term, the
+    newest row with `version <= V`, unless that row removes the term (`definition` is None). A
+    turn records the version its instructions carried (`Message.glossary_version`), so what the
+    model was told stays readable after later edits. `term_key` is the term folded to lower case
+    with single spaces: "Active customer" and "active  customer" are one term.
+    """
+
+    __tablename__ = "glossary_entry"
+    __table_args__ = (UniqueConstraint("workspace_id", "version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    workspace_id: int = Field(sa_column=Column(Integer, ForeignKey("workspace.id", ondelete="CASCADE"), index=True, nullable=False))
+    version: int = Field(description="The workspace glossary version this change created (1, 2, ...).")
+    term: str = Field(max_length=120, description="The term as the analyst wrote it, e.g. 'Active customer'.")
+    term_key: str = Field(max_length=120, index=True)
+    definition: str | None = Field(default=None, sa_column=Column(Text, nullable=True), description="None: the term was removed.")
+    source: str = Field(default="settings", max_length=40, description="Where it was set: settings, clarification (message id in source_message_id).")
+    source_message_id: int | None = Field(default=None)
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
 
 
