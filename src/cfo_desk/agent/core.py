@@ -19,6 +19,7 @@ from pydantic_ai.models import Model, infer_model
 
 from cfo_desk.agent.deps import AgentDeps, QueryResultRecord
 from cfo_desk.agent.outputs import Clarification, FinalAnswer
+from cfo_desk.agent.tieout import tie_out
 from cfo_desk.analytics.profile import profile_table as _profile_table
 from cfo_desk.analytics.isolation import run_query_isolated
 from cfo_desk.analytics.store import WorkspaceBusy
@@ -80,6 +81,27 @@ def build_agent() -> Agent[AgentDeps, FinalAnswer | Clarification]:
         when the tables would not fit), then as many tables as fit, saying what was left out."""
         return overview_text(ctx.deps.workspace_name, ctx.deps.datasets)
 
+    @agent.output_validator
+    def figures_tie_out(ctx: RunContext[AgentDeps], output: FinalAnswer | Clarification) -> FinalAnswer | Clarification:
+        """Every key figure must equal a cell of the result it cites (agent/tieout.py). While output
+        retries are left, a figure that doesn't is sent back to the model (ModelRetry) naming the
+        figure and what the result holds; on the last try the answer is kept, those figures marked
+        "not_traced" (the chat shows them in red) and the breakdown notes kept with it."""
+        if not isinstance(output, FinalAnswer):
+            return output
+        check = tie_out(output, ctx.deps.result_files())
+        if check.problems and ctx.retry < (ctx.max_retries or 0):
+            raise ModelRetry(
+                clip_text(
+                    "Some key figures don't tie out to the results they cite. "
+                    + " ".join(check.problems)
+                    + " Copy each key figure from its result cell (cite the handle in query and the column in "
+                    "column), or run a query that computes it.",
+                    MAX_ERROR_CHARS,
+                )
+            )
+        return check.apply(output)
+
     @agent.tool
     def list_tables(ctx: RunContext[AgentDeps]) -> dict[str, Any]:
         """List the workspace's tables: name, source file, row count, columns with their DuckDB types,
@@ -132,10 +154,28 @@ def build_agent() -> Agent[AgentDeps, FinalAnswer | Clarification]:
             raise ModelRetry(clip_text(f"The query failed: {exc}", MAX_ERROR_CHARS)) from exc
         handle = ctx.deps.next_handle()  # only results get handles, so they read q1, q2, ... without gaps
         run.parquet_path = pending.rename(ctx.deps.run_dir / f"{handle}.parquet")
+        if note := fan_out_note(run.row_count, run.tables, ctx.deps.datasets):
+            run.notes.append(note)
         ctx.deps.add_result(QueryResultRecord(handle=handle, purpose=purpose.strip() or handle, sql=sql, run=run))
         return result_for_model(run, handle)
 
     return agent
+
+
+def fan_out_note(row_count: int, tables: list[str], datasets: list) -> str | None:
+    """A note for the model when a query over two or more tables returns more rows than the largest
+    table it read: a join whose keys are not unique multiplies rows, and sums over it count the same
+    amount more than once. None otherwise."""
+    sizes = {d.table_name: d.row_count for d in datasets}
+    read = [t for t in tables if t in sizes]
+    if len(read) < 2 or row_count <= max(sizes[t] for t in read):
+        return None
+    largest = max(read, key=lambda t: sizes[t])
+    return (
+        f"Check the joins: this result has {row_count:,} rows, more than the largest table it read ({largest}, "
+        f"{sizes[largest]:,} rows). A join on keys that are not unique multiplies rows, so sums over it overstate "
+        "the figures; join on unique keys or aggregate each table before joining."
+    )
 
 
 # ---------------------------------------------------------------------------------------------

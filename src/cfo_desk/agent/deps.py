@@ -47,6 +47,9 @@ class AgentDeps:
 
     `run_dir` receives each result as `<handle>.parquet`; `results` collects them in call order.
     Setting `stop` interrupts a query in flight (the run's worker sets it when the analyst stops).
+    `earlier_results` maps the handles of earlier turns on the conversation's path to their Parquet
+    files (key figures may cite them); `glossary_text` is the workspace glossary block of the
+    instructions (services/glossary.py), empty when the workspace has none.
     """
 
     workspace_name: str
@@ -56,6 +59,8 @@ class AgentDeps:
     limits: SqlLimits = field(default_factory=SqlLimits)
     results: list[QueryResultRecord] = field(default_factory=list)
     first_handle: int = 1
+    earlier_results: dict[str, Path] = field(default_factory=dict)
+    glossary_text: str = ""
     stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _handles_given: int = field(default=0, repr=False)
@@ -73,3 +78,8 @@ class AgentDeps:
         """Keep a finished result (thread-safe)."""
         with self._lock:
             self.results.append(record)
+
+    def result_files(self) -> dict[str, Path]:
+        """Handle → Parquet file of every result a key figure may cite: earlier turns' and this turn's."""
+        with self._lock:
+            return {**self.earlier_results, **{r.handle: r.run.parquet_path for r in self.results if r.run.parquet_path}}

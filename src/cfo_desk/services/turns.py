@@ -173,6 +173,9 @@ def plan_turn(*, session: Session, thread_id: int, user_message_id: int) -> Turn
     ws = session.get(Workspace, thread.workspace_id)
     path = messages_on_path(session=session, message_id=user_msg.id)
     history = _history_of(path[:-1])
+    earlier = session.exec(
+        select(Artifact.handle, Artifact.file_path).where(Artifact.message_id.in_([m.id for m in path]), Artifact.kind == "query_result")
+    ).all()
     results_so_far = session.exec(select(func.count()).select_from(Artifact).where(Artifact.message_id.in_([m.id for m in path]))).one()
     run_rel = f"artifacts/run-{uuid.uuid4().hex[:16]}"
     datasets = _dataset_refs(session, ws.id)
@@ -183,6 +186,7 @@ def plan_turn(*, session: Session, thread_id: int, user_message_id: int) -> Turn
         run_dir=workspace_dir(ws.key) / run_rel,
         datasets=datasets,
         first_handle=results_so_far + 1,
+        earlier_results={handle: workspace_dir(ws.key) / rel for handle, rel in earlier},
         limits=SqlLimits(settings.cfo_desk_sql_timeout, settings.cfo_desk_sql_rows_to_model, settings.cfo_desk_sql_result_row_limit),
     )
     limits = UsageLimits(
