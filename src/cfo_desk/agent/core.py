@@ -47,11 +47,18 @@ You are the CFO agent of CFO Desk: a careful finance analyst who answers with SQ
 workspace's DuckDB tables. Finance conventions:
 - Every figure you state comes from a run_sql result of this conversation; never invent or estimate
   numbers. Refer to results by handle (q1, q2) so the analyst can audit them.
+- Key figures are checked: each must cite its result (query = handle, column = the column) and its
+  value must be that cell's value (rounding is fine). Compute every headline number in SQL, one
+  cell per figure; a figure that matches no cell is sent back to you, then shown as not traced.
+  For a breakdown, set part_of on each part to the total's label: the parts must sum to the total.
+- The workspace glossary (below, when set) is the analyst's own definitions: they override the
+  standard ones. Name each glossary term you used in glossary_terms.
 - State the period, the currency and the unit of every figure, and how it was computed (which
   tables, filters and formula). Round money to 2 decimals and percentages to 1 decimal in prose.
 - State your assumptions. When a definition is genuinely ambiguous and changes the answer (what
   counts as an "active customer", gross vs net revenue, fiscal vs calendar year, which currency),
-  ask a clarifying question instead of guessing; otherwise use the standard definition and say so:
+  ask a clarifying question instead of guessing (name the term it settles, so the analyst can save
+  the answer to the glossary); otherwise use the standard definition and say so:
   MRR = normalised monthly recurring revenue of subscriptions active at period end (annual / 12);
   ARR = 12 × MRR; ARPU = MRR / active customers; logo churn rate = customers lost in the period /
   customers at the start; CAC = sales and marketing spend / new customers acquired; LTV = ARPU ×
@@ -75,11 +82,12 @@ def build_agent() -> Agent[AgentDeps, FinalAnswer | Clarification]:
 
     @agent.instructions
     def workspace_overview(ctx: RunContext[AgentDeps]) -> str:
-        """Today's date and the workspace's tables, re-evaluated every run (a fork sees today's data).
+        """Today's date, where the data ends, the workspace glossary and the tables, re-evaluated
+        every run (a fork sees today's data and glossary).
 
         Fits `OVERVIEW_BUDGET_CHARS`: at most `OVERVIEW_COLUMNS_PER_TABLE` columns per table (fewer
         when the tables would not fit), then as many tables as fit, saying what was left out."""
-        return overview_text(ctx.deps.workspace_name, ctx.deps.datasets)
+        return overview_text(ctx.deps.workspace_name, ctx.deps.datasets, glossary_text=ctx.deps.glossary_text)
 
     @agent.output_validator
     def figures_tie_out(ctx: RunContext[AgentDeps], output: FinalAnswer | Clarification) -> FinalAnswer | Clarification:
@@ -257,22 +265,93 @@ def profile_for_model(table: str, records: list[dict[str, Any]], *, budget_chars
     return payload
 
 
-def overview_text(workspace_name: str, datasets: list, *, budget_chars: int = OVERVIEW_BUDGET_CHARS) -> str:
-    """The instructions' workspace overview (date, tables, columns) within `budget_chars` characters."""
-    head = [f"Today is {date.today().isoformat()}. Workspace: {clip_text(workspace_name, MAX_SOURCE_CHARS)}."]
+MAX_OVERVIEW_NOTES_CHARS = 600
+"""A table's ingest notes in the instructions are cut to this many characters (list_tables has them all)."""
+_CURRENCY_CODES = ("usd", "eur", "gbp", "chf", "jpy", "cad", "aud", "nzd", "sek", "nok", "dkk", "inr", "brl", "mxn", "cny", "sgd", "hkd", "zar")
+_NAME_TOKEN = re.compile(r"[a-z]+")
+_REMOVED = re.compile(r"after removing ([^;]*)")
+
+
+def currency_hint(columns: list[tuple[str, str]], notes: tuple[str, ...] | list[str] = ()) -> str | None:
+    """Where a table's currency is known: ISO codes in its numeric column names (mrr_usd → USD),
+    else the currency symbols ingest removed from its values ($, €, £: the currency itself is not
+    named). None when neither says anything."""
+    codes: dict[str, list[str]] = {}
+    for name, dtype in columns:
+        if dtype.startswith(("DECIMAL", "DOUBLE", "BIGINT", "INTEGER", "HUGEINT", "FLOAT")):
+            for token in _NAME_TOKEN.findall(name.lower()):
+                if token in _CURRENCY_CODES:
+                    codes.setdefault(token.upper(), []).append(name)
+    if codes:
+        return "; ".join(f"{code} (column names: {', '.join(cols[:3])}{', …' if len(cols) > 3 else ''})" for code, cols in codes.items())
+    removed = " ".join(m.group(1) for n in notes if (m := _REMOVED.search(n)))  # ingest's "read as numbers after removing $ and ..."
+    symbols = [sym for sym in "$€£" if sym in removed]
+    if symbols:
+        return f"not named; values carried {' '.join(symbols)} (removed at ingest): ask or state the currency you assume"
+    return None
+
+
+def data_end(datasets: list, today: date) -> tuple[str, str] | None:
+    """The latest date in the workspace's data that is not after `today`, and where it is
+    ("2024-12-31", "subscriptions.end_date"); None when no dataset has a dated column. Dates after
+    today (contract ends, due dates) don't move the end of the data."""
+    best: tuple[str, str] | None = None
+    for d in datasets:
+        for col, (first, last) in (getattr(d, "date_ranges", None) or {}).items():
+            day = last[:10]
+            if day <= today.isoformat() and (best is None or day > best[0]):
+                best = (day, f"{d.table_name}.{col}")
+    return best
+
+
+def _table_details(d, today: date) -> str:
+    parts = []
+    ranges = getattr(d, "date_ranges", None) or {}
+    if ranges:
+        parts.append("dates " + ", ".join(f"{clip_text(c, MAX_COLUMN_NAME_CHARS)} {a[:10]}..{b[:10]}" for c, (a, b) in list(ranges.items())[:10]))
+    elif any(t == "DATE" or t.startswith("TIMESTAMP") for _, t in d.columns):
+        parts.append("date range not recorded (re-ingest to record it)")
+    if cur := currency_hint(d.columns, d.notes):
+        parts.append(f"currency {cur}")
+    if d.notes:
+        parts.append("ingest notes: " + clip_text(" | ".join(d.notes), MAX_OVERVIEW_NOTES_CHARS))
+    return ("  " + "; ".join(parts)) if parts else ""
+
+
+def overview_text(
+    workspace_name: str, datasets: list, *, glossary_text: str = "", today: date | None = None, budget_chars: int = OVERVIEW_BUDGET_CHARS
+) -> str:
+    """The instructions' workspace overview within `budget_chars` characters: today's date and
+    where the data ends (relative periods are read against the data), the workspace glossary
+    (`glossary_text`, from services/glossary.py), and per table its source, rows, columns, date
+    range per date column, currency where known and ingest notes. When it would not fit, fewer
+    columns per table are listed, then no details, then as many tables as fit."""
+    today = today or date.today()
+    head = [f"Today is {today.isoformat()}. Workspace: {clip_text(workspace_name, MAX_SOURCE_CHARS)}."]
+    if end := data_end(datasets, today):
+        head.append(
+            f"The data ends on {end[0]} (latest date on or before today, in {clip_text(end[1], 2 * MAX_COLUMN_NAME_CHARS)}). "
+            "Read relative periods ('last month', 'last year', 'YTD', 'latest') against where the data ends, not against today, "
+            "and state that as an assumption."
+        )
+    if glossary_text:
+        head.append(glossary_text)
     if not datasets:
         head.append("The workspace has no datasets yet: tell the analyst to upload CSV or Excel files.")
         return "\n".join(head)
-    head.append("Tables (name: source file, rows; columns):")
+    head.append("Tables (name: source file, rows; columns; then dates, currency and how the file was read):")
     reserve = 400  # the closing line about tables left out
-    for cap in (OVERVIEW_COLUMNS_PER_TABLE, 15, 3, 0):
+    for cap, details in ((OVERVIEW_COLUMNS_PER_TABLE, True), (15, True), (15, False), (3, False), (0, False)):
         lines = []
         for d in datasets:
             cols = ", ".join(f"{clip_text(n, MAX_COLUMN_NAME_CHARS)} {clip_text(t, MAX_TYPE_CHARS)}" for n, t in d.columns[:cap])
             more = len(d.columns) - cap
             if more > 0:
                 cols += f"{', ' if cols else ''}… {more:,} more columns (list_tables, profile_table)"
-            lines.append(f"- {clip_text(d.table_name, MAX_COLUMN_NAME_CHARS)}: {clip_text(d.source, MAX_SOURCE_CHARS)}, {d.row_count:,} rows; {cols}")
+            line = f"- {clip_text(d.table_name, MAX_COLUMN_NAME_CHARS)}: {clip_text(d.source, MAX_SOURCE_CHARS)}, {d.row_count:,} rows; {cols}"
+            if details and (extra := _table_details(d, today)):
+                line += "\n" + extra
+            lines.append(line)
         if len("\n".join(head + lines)) <= budget_chars - reserve:
             break
     out, size = list(head), len("\n".join(head))

@@ -20,6 +20,7 @@ class DatasetRef:
     row_count: int
     columns: list[tuple[str, str]]
     notes: tuple[str, ...] = ()  # what ingest did (left-out total rows, assumed date order, chosen types, ...)
+    date_ranges: dict[str, list[str]] = field(default_factory=dict)  # {column: [first, last]} ISO dates
 
 
 @dataclass(frozen=True)

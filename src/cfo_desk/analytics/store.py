@@ -415,12 +415,35 @@ def quote_ident(name: str) -> str:
 PROVENANCE_PREFIX = "sha256:"
 
 
-def stamp_provenance(db_path: Path, sha256_by_table: dict[str, str]) -> None:
+def stamp_provenance(db_path: Path, sha256_by_table: dict[str, str]) -> dict[str, dict[str, list[str]]]:
     """Record each table's source-file sha256 as its DuckDB comment, so the data carries its own
-    provenance and a query can read it on the same connection that reads the rows."""
+    provenance and a query can read it on the same connection that reads the rows.
+
+    Returns, read on the same connection, each table's date range per DATE/TIMESTAMP column:
+    {table: {column: [first, last]}} as ISO text (YYYY-MM-DD, or a timestamp's ISO form); a
+    column with no values is left out. One aggregate query per table (DuckDB answers min/max of
+    a freshly written table from its row-group statistics)."""
+    ranges: dict[str, dict[str, list[str]]] = {}
     with writer(db_path) as con:
         for table, sha in sha256_by_table.items():
             con.execute(f"COMMENT ON TABLE {quote_ident(table)} IS '{PROVENANCE_PREFIX}{sha}'")
+            ranges[table] = _date_ranges(con, table)
+    return ranges
+
+
+def _date_ranges(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, list[str]]:
+    cols = [
+        name
+        for name, dtype in con.execute(
+            "SELECT column_name, data_type FROM duckdb_columns() WHERE database_name = current_database() AND table_name = ?", [table]
+        ).fetchall()
+        if dtype == "DATE" or dtype.startswith("TIMESTAMP")
+    ]
+    if not cols:
+        return {}
+    select = ", ".join(f"min({quote_ident(c)})::VARCHAR, max({quote_ident(c)})::VARCHAR" for c in cols)
+    row = con.execute(f"SELECT {select} FROM {quote_ident(table)}").fetchone()
+    return {c: [row[2 * i], row[2 * i + 1]] for i, c in enumerate(cols) if row[2 * i] is not None}
 
 
 def read_provenance(con: duckdb.DuckDBPyConnection, tables: list[str]) -> dict[str, str]:

@@ -190,7 +190,7 @@ def _upload_locked(
             overrides=overrides,
             progress=progress,
         )
-        stamp_provenance(duckdb_path(ws.key), {t.table_name: sha for t in tables})
+        date_ranges = stamp_provenance(duckdb_path(ws.key), {t.table_name: sha for t in tables})
     except BaseException:
         if not was_there:
             kept.unlink(missing_ok=True)
@@ -210,6 +210,7 @@ def _upload_locked(
         ds.row_count = t.row_count
         ds.columns = [{"name": c.name, "type": c.type} for c in t.columns]
         ds.notes = list(t.notes)
+        ds.date_ranges = date_ranges.get(t.table_name, {})
         ds.date_order = t.date_order
         ds.ambiguous_date_columns = list(t.ambiguous_date_columns)
         ds.created_at = utcnow()
@@ -280,7 +281,7 @@ def _reingest(session: Session, ds: Dataset, *, date_order: str | None, override
             date_order=date_order,
             overrides={ds.sheet_name: overrides},
         )
-        stamp_provenance(duckdb_path(ws.key), {t.table_name: ds.sha256})
+        ds.date_ranges = stamp_provenance(duckdb_path(ws.key), {t.table_name: ds.sha256}).get(t.table_name, {})
         ds.row_count = t.row_count
         ds.columns = [{"name": c.name, "type": c.type} for c in t.columns]
         ds.notes = list(t.notes)

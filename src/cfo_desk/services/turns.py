@@ -131,7 +131,7 @@ def _dataset_refs(session: Session, workspace_id: int) -> list[DatasetRef]:
     for d in rows:
         source = d.source_filename + (f" [{d.sheet_name}]" if d.sheet_name else "")
         cols = [(c["name"], c["type"]) for c in d.columns]
-        refs.append(DatasetRef(d.id, d.table_name, source, d.sha256, d.row_count, cols, tuple(d.notes)))
+        refs.append(DatasetRef(d.id, d.table_name, source, d.sha256, d.row_count, cols, tuple(d.notes), dict(d.date_ranges or {})))
     return refs
 
 
