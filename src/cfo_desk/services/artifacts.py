@@ -92,6 +92,28 @@ def result_head(*, session: Session, artifact: Artifact, rows: int) -> pd.DataFr
     return head.to_pandas()
 
 
+def result_rows(*, session: Session, artifact: Artifact, start: int, stop: int) -> pd.DataFrame:
+    """Rows `start` (0-based, inclusive) to `stop` (exclusive) of a query result, read from only the
+    Parquet row groups that hold them (bounded work however large the result; the index is the
+    0-based row number). Raises NotFound if the file is gone, ValueError when start < 0 or stop <= start."""
+    if start < 0 or stop <= start:
+        raise ValueError("need 0 <= start < stop")
+    with pq.ParquetFile(_result_path(session, artifact)) as pf:
+        groups, first, offset = [], None, 0
+        for g in range(pf.metadata.num_row_groups):
+            n = pf.metadata.row_group(g).num_rows
+            if offset + n > start and offset < stop:
+                groups.append(g)
+                first = offset if first is None else first
+            offset += n
+        if not groups:
+            return pf.schema_arrow.empty_table().to_pandas()
+        table = pf.read_row_groups(groups)
+    frame = table.slice(start - first, stop - start).to_pandas()
+    frame.index = range(start, start + len(frame))
+    return frame
+
+
 def result_csv(artifact_id: int) -> bytes:
     """The full result of an artifact as a safe CSV (`to_safe_csv`: every row, formula-like text
     escaped), built now from its Parquet file in a session of its own. Meant for

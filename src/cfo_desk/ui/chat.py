@@ -76,8 +76,18 @@ def render() -> None:
     if problem:
         st.info(problem, icon=":material/key:")
 
+    path_results = {a.handle: a for items in arts.values() for a in items}
     for msg in messages[:cut]:
-        _message(msg, thread.id, arts.get(msg.id, []), frames, is_head=(msg.id == thread.head_message_id), can_ask=not problem, run=ended.get(msg.id))
+        _message(
+            msg,
+            thread.id,
+            arts.get(msg.id, []),
+            frames,
+            is_head=(msg.id == thread.head_message_id),
+            can_ask=not problem,
+            run=ended.get(msg.id),
+            path_results=path_results,
+        )
 
     if not messages and not live and not problem:
         with open_session() as session:
@@ -251,8 +261,19 @@ def _thread_menu(thread) -> None:
 
 
 def _message(
-    msg: Message, thread_id: int, arts: list[Artifact], frames: dict, *, is_head: bool, can_ask: bool, run: Run | None = None
+    msg: Message,
+    thread_id: int,
+    arts: list[Artifact],
+    frames: dict,
+    *,
+    is_head: bool,
+    can_ask: bool,
+    run: Run | None = None,
+    path_results: dict[str, Artifact] | None = None,
 ) -> None:
+    """One message of the conversation. `path_results` maps handles of the path's results to
+    their artifacts (a key figure may cite an earlier turn's result)."""
+    path_results = path_results or {a.handle: a for a in arts}
     role = "user" if msg.role == Role.user else "assistant"
     with st.chat_message(role):
         if msg.role == Role.user:
@@ -273,7 +294,7 @@ def _message(
                         _enqueue_and_rerun(msg.workspace_id, thread_id, option)
             st.caption("Pick an answer" + (" above" if is_head and options else "") + ", or reply in the box below.")
         else:
-            _answer(msg, arts, frames)
+            _answer(msg, arts, frames, path_results)
         _message_footer(msg, thread_id)
 
 
@@ -300,18 +321,19 @@ def _unanswered_reply(msg: Message, run: Run | None) -> None:
     st.caption("A turn without an answer is not sent to the model in later turns; Retry to run it again.")
 
 
-def _answer(msg: Message, arts: list[Artifact], frames: dict) -> None:
+def _answer(msg: Message, arts: list[Artifact], frames: dict, path_results: dict[str, Artifact]) -> None:
     output = msg.output or {}
     figures = output.get("key_figures") or []
     if figures:
-        cols = st.columns(min(len(figures), 4))
-        for i, f in enumerate(figures):
-            cols[i % len(cols)].metric(
-                safe_label(f.get("label", "")), safe_label(figure(f.get("value", 0), f.get("unit", ""))), help=safe_label(_figure_help(f))
-            )
+        _key_figures(msg, figures, path_results, frames)
+    for note in output.get("tie_out_notes") or []:
+        st.error(safe_markdown(note), icon=":material/functions:")
     st.markdown(safe_markdown(msg.content))
     if output.get("assumptions"):
         st.caption("Assumptions: " + safe_markdown(" · ".join(output["assumptions"])))
+    if output.get("glossary_terms"):
+        version = f" (glossary version {msg.glossary_version})" if msg.glossary_version else ""
+        st.caption(f":material/menu_book: Definitions from the workspace glossary{version}: " + " · ".join(safe_label(t) for t in output["glossary_terms"]))
     shown = output.get("queries") or [a.handle for a in arts]
     by_handle = {a.handle: a for a in arts}
     for handle in [h for h in shown if h in by_handle] or [a.handle for a in arts]:
@@ -321,12 +343,75 @@ def _answer(msg: Message, arts: list[Artifact], frames: dict) -> None:
         st.caption("Datasets read: " + " · ".join(f"{safe_label(src)} ({short_hash(sha)})" for src, sha in sorted(read)))
 
 
+_FOCUS = "_figure_focus"  # session_state: {answer message id: index of the key figure whose source cell is open}
+SOURCE_ROWS_AROUND = 3
+"""Rows shown above and below a key figure's source cell."""
+
+
+def _key_figures(msg: Message, figures: list[dict], path_results: dict[str, Artifact], frames: dict) -> None:
+    """The headline figures, each with where it was checked: ✓ handle · row · column (click: the
+    cell in its result, highlighted), or ✗ not traced in red with what the result holds instead."""
+    cols = st.columns(min(len(figures), 4))
+    focus: dict = st.session_state.setdefault(_FOCUS, {})
+    for i, f in enumerate(figures):
+        col = cols[i % len(cols)]
+        col.metric(safe_label(f.get("label", "")), safe_label(figure(f.get("value", 0), f.get("unit", ""))), help=safe_label(_figure_help(f)))
+        trace = f.get("trace")
+        if not trace:  # answers from before tie-out: the help tooltip names the result
+            continue
+        if trace.get("status") == "traced":
+            label = f"✓ {trace.get('handle')} · row {int(trace.get('row') or 0) + 1:,} · {trace.get('column')}"
+            if col.button(safe_label(label), key=f"trace_{msg.id}_{i}", type="tertiary", help="Show the cell this figure comes from"):
+                focus[msg.id] = None if focus.get(msg.id) == i else i
+                st.rerun()
+        else:
+            col.markdown(":red[:material/close: **not traced**]")
+            col.caption(safe_markdown(trace.get("reason") or "It matches no cell of the result it cites."))
+    i = focus.get(msg.id)
+    if i is not None and i < len(figures) and (trace := figures[i].get("trace") or {}).get("status") == "traced":
+        art = path_results.get(trace.get("handle"))
+        if art is not None:
+            _figure_source(figures[i], trace, art, frames.get(art.id))
+
+
+def _figure_source(fig: dict, trace: dict, art: Artifact, preview) -> None:
+    """The rows around a key figure's source cell, the cell highlighted (read from the preview
+    when it holds them, else only those rows from the result file)."""
+    row, column = int(trace.get("row") or 0), trace.get("column")
+    start, stop = max(0, row - SOURCE_ROWS_AROUND), row + SOURCE_ROWS_AROUND + 1
+    try:
+        if isinstance(preview, results.Table) and min(stop, art.row_count) <= preview.rows:
+            data = preview.data
+            window = (data.slice(start, stop - start).to_pandas() if hasattr(data, "slice") else data.iloc[start:stop].reset_index(drop=True))
+            window.index = range(start, start + len(window))
+        else:
+            with open_session() as session:
+                window = artifacts_svc.result_rows(session=session, artifact=art, start=start, stop=stop)
+    except Exception as exc:  # a missing file must not take the page down
+        st.warning(safe_label(f"The source cell can't be shown: {exc}"))
+        return
+    window.index = [i + 1 for i in window.index]  # rows numbered from 1, as in the ✓ line
+
+    def mark(frame):
+        styles = frame.astype(str).map(lambda _: "")
+        if row + 1 in styles.index and column in styles.columns:
+            styles.loc[row + 1, column] = "background-color: #fde68a; font-weight: 700; color: #111"
+        return styles
+
+    with st.container(border=True):
+        st.markdown(
+            f":material/my_location: **{safe_label(fig.get('label', ''))}** comes from "
+            f"**{safe_label(art.handle)}** · row {row + 1:,} · column {safe_label(column or '')}: {safe_label(art.title)}"
+        )
+        st.dataframe(window.style.apply(mark, axis=None), key=f"source_{art.id}_{row}_{column}")
+
+
 def _figure_help(f: dict) -> str:
     parts = [f"Value: {f.get('value')} {f.get('unit', '')}"]
     if f.get("period"):
         parts.append(f"Period: {f['period']}")
     if f.get("query"):
-        parts.append(f"From result {f['query']}")
+        parts.append(f"From result {f['query']}" + (f", column {f['column']}" if f.get("column") else ""))
     return " · ".join(parts)
 
 
@@ -363,6 +448,8 @@ def _message_footer(msg: Message, thread_id: int) -> None:
         meta = f"#{msg.id} · {msg.duration_s:.1f} s"
         if msg.model_name:
             meta += f" · {safe_label(msg.model_name)}"
+        if msg.input_tokens is not None or msg.output_tokens is not None:
+            meta += f" · {msg.input_tokens or 0:,} tokens in, {msg.output_tokens or 0:,} out"
         row.caption(meta, width="content")
     else:
         row.caption(f"#{msg.id}", width="content")
