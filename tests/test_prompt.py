@@ -65,3 +65,30 @@ def test_dates_after_today_do_not_move_the_end_of_the_data():
 
     text = overview_text("ws", [D()], today=date(2025, 3, 1))
     assert "The data ends on 2025-01-01" not in text and "The data ends on 2024-06-30" in text
+
+
+def test_the_glossary_goes_into_the_instructions_and_each_turn_records_its_version(session):
+    from cfo_desk.services import glossary as glossary_svc
+
+    ws = samples.load_sample_workspace(session=session)
+    glossary_svc.set_term(session=session, workspace_id=ws.id, term="Active customer", definition="paid in the month")
+    thread = threads_svc.create_thread(session=session, workspace_id=ws.id)
+    seen: list[str] = []
+
+    def plan(messages, info):
+        seen.append(info.instructions or "")
+        return ModelResponse(parts=[output_call(info, "FinalAnswer", {"answer_markdown": "ok", "glossary_terms": ["Active customer"]})])
+
+    first = turns.ask(session=session, thread_id=thread.id, content="Active customers in December 2024?", model=scripted(plan))
+    assert "Workspace glossary (version 1)" in seen[-1] and "- Active customer: paid in the month" in seen[-1]
+    assert first.glossary_version == 1 and first.output["glossary_terms"] == ["Active customer"]
+
+    glossary_svc.set_term(session=session, workspace_id=ws.id, term="active customer", definition="an active subscription at month end")
+    second = turns.ask(session=session, thread_id=thread.id, content="And now?", model=scripted(plan))
+    assert "- active customer: an active subscription at month end" in seen[-1] and "paid in the month" not in seen[-1]
+    assert second.glossary_version == 2
+    from cfo_desk.storage.models import Message
+
+    assert session.get(Message, first.id).glossary_version == 1  # what the first turn was told stays readable
+    told = glossary_svc.current_glossary(session=session, workspace_id=ws.id, version=first.glossary_version)
+    assert told.find("Active customer").definition == "paid in the month"

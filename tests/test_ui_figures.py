@@ -57,3 +57,37 @@ def test_traced_and_untraced_figures_and_the_source_cell():
 
     trace.click().run()  # a second click closes it
     assert "comes from **q1**" not in texts(at)
+
+
+def test_an_answered_clarification_is_saved_to_the_glossary_in_one_click():
+    from agent_script import sql_script
+
+    from cfo_desk.services import glossary as glossary_svc
+    from cfo_desk.services.session import open_session
+
+    def ask_back(messages, info):
+        return ModelResponse(parts=[output_call(info, "Clarification", {
+            "question": "Who counts as an active customer?", "options": ["Paid in the month", "Active subscription at month end"],
+            "term": "active customer"})])
+
+    use_model(scripted(ask_back))
+    at = app()
+    create_workspace(at, "G")
+    at.chat_input[0].set_value("How many active customers?").run()
+    settle(at)
+    seen: list = []
+    use_model(sql_script([], {"answer_markdown": "Counted.", "glossary_terms": ["active customer"]}, seen=seen))
+    [b for b in at.button if b.label == "Paid in the month"][0].click().run()
+    settle(at)
+    assert not at.exception, at.exception
+    (save,) = [b for b in at.button if b.key and b.key.startswith("glossary_")]
+    assert save.label.replace("\\", "") == "Save to glossary: active customer = Paid in the month"  # label text is escaped
+    save.click().run()
+    assert not at.exception, at.exception
+    assert "Saved “active customer” to the glossary (version 1)" in "".join(m.value for m in at.success)
+    assert not [b for b in at.button if b.key and b.key.startswith("glossary_")]  # saved: a caption says so instead
+    assert "In the workspace glossary as active customer (version 1)." in texts(at)
+    assert "Definitions from the workspace glossary" not in texts(at)  # that answer ran before the entry existed
+    with open_session() as session:
+        (entry,) = glossary_svc.glossary_history(session=session, workspace_id=at.session_state["ws_id"])
+    assert (entry.term, entry.definition, entry.source) == ("active customer", "Paid in the month", "clarification")

@@ -97,6 +97,8 @@ def build_agent() -> Agent[AgentDeps, FinalAnswer | Clarification]:
         "not_traced" (the chat shows them in red) and the breakdown notes kept with it."""
         if not isinstance(output, FinalAnswer):
             return output
+        # An answer can only cite terms the glossary it was given has (a term it names otherwise is dropped).
+        output.glossary_terms = [t for t in output.glossary_terms if " ".join(t.lower().split()) in ctx.deps.glossary_terms]
         check = tie_out(output, ctx.deps.result_files())
         if check.problems and ctx.retry < (ctx.max_retries or 0):
             raise ModelRetry(

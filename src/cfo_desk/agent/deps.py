@@ -62,6 +62,7 @@ class AgentDeps:
     first_handle: int = 1
     earlier_results: dict[str, Path] = field(default_factory=dict)
     glossary_text: str = ""
+    glossary_terms: frozenset[str] = frozenset()  # the glossary's terms, folded (lower case, single spaces)
     stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _handles_given: int = field(default=0, repr=False)

@@ -320,6 +320,7 @@ def finish_run(
             run_rel=plan.run_rel,
             datasets=plan.datasets,
             status=status,
+            glossary_version=plan.glossary_version,
         )
         session.execute(
             update(Run)

@@ -26,6 +26,7 @@ from cfo_desk.agent.outputs import Clarification, FinalAnswer
 from cfo_desk.agent.core import model_problem, resolve_model
 from cfo_desk.agent.runner import Progress, TurnOutcome
 from cfo_desk.config import get_settings
+from cfo_desk.services import glossary as glossary_svc
 from cfo_desk.services.errors import Conflict, InvalidInput, NotFound
 from cfo_desk.services.threads import DEFAULT_TITLE, get_thread, messages_on_path, path_ids, touch_thread
 from cfo_desk.storage.files import duckdb_path, remove_tree, workspace_dir
@@ -148,7 +149,9 @@ class TurnPlan:
     open while it works): the question, the history of the path above it, and the agent's deps.
 
     `run_rel` is the run's result folder relative to the workspace folder; `datasets` maps table
-    names to the datasets the agent sees (for provenance when the answer is recorded)."""
+    names to the datasets the agent sees (for provenance when the answer is recorded);
+    `glossary_version` is the workspace glossary version whose text the instructions carry (0:
+    none), recorded on the reply."""
 
     thread_id: int
     workspace_id: int
@@ -159,6 +162,7 @@ class TurnPlan:
     usage_limits: UsageLimits
     run_rel: str
     datasets: dict[str, DatasetRef]
+    glossary_version: int = 0
 
 
 def plan_turn(*, session: Session, thread_id: int, user_message_id: int) -> TurnPlan:
@@ -179,6 +183,7 @@ def plan_turn(*, session: Session, thread_id: int, user_message_id: int) -> Turn
     results_so_far = session.exec(select(func.count()).select_from(Artifact).where(Artifact.message_id.in_([m.id for m in path]))).one()
     run_rel = f"artifacts/run-{uuid.uuid4().hex[:16]}"
     datasets = _dataset_refs(session, ws.id)
+    glossary = glossary_svc.current_glossary(session=session, workspace_id=ws.id)  # text and version from one read
     session.commit()  # hold no transaction open while the model works
     deps = AgentDeps(
         workspace_name=ws.name,
@@ -187,6 +192,8 @@ def plan_turn(*, session: Session, thread_id: int, user_message_id: int) -> Turn
         datasets=datasets,
         first_handle=results_so_far + 1,
         earlier_results={handle: workspace_dir(ws.key) / rel for handle, rel in earlier},
+        glossary_text=glossary_svc.glossary_text(glossary),
+        glossary_terms=frozenset(e.term_key for e in glossary.entries),
         limits=SqlLimits(settings.cfo_desk_sql_timeout, settings.cfo_desk_sql_rows_to_model, settings.cfo_desk_sql_result_row_limit),
     )
     limits = UsageLimits(
@@ -194,7 +201,9 @@ def plan_turn(*, session: Session, thread_id: int, user_message_id: int) -> Turn
         tool_calls_limit=settings.cfo_desk_tool_calls_limit,
         total_tokens_limit=settings.cfo_desk_total_tokens_limit,
     )
-    return TurnPlan(thread.id, ws.id, user_msg.id, user_msg.content, history, deps, limits, run_rel, {d.table_name: d for d in datasets})
+    return TurnPlan(
+        thread.id, ws.id, user_msg.id, user_msg.content, history, deps, limits, run_rel, {d.table_name: d for d in datasets}, glossary.version
+    )
 
 
 def answer(
@@ -245,12 +254,14 @@ def record_reply(
     run_rel: str | None,
     datasets: dict[str, DatasetRef],
     status: MessageStatus | None = None,
+    glossary_version: int | None = None,
 ) -> Message:
     """Add the assistant message for a finished run, its artifacts and the head move; the caller
     commits (one transaction with the run's own row).
 
     `status` overrides the reply's status for a turn that ended without an answer (stopped,
     interrupted); else it is ok/clarification from the output, or failed when `outcome.error`.
+    `glossary_version` is the glossary version the run's instructions carried (TurnPlan).
     A reply without an answer keeps no files: `run_rel` is removed. The head moves only if it is
     still the question or an answer to it (compare-and-set): a turn that finishes after the thread
     moved on stays in the tree as a branch instead of cutting the newer turns off.
@@ -267,6 +278,7 @@ def record_reply(
         model_name=outcome.model_name,
         input_tokens=outcome.input_tokens,
         output_tokens=outcome.output_tokens,
+        glossary_version=glossary_version,
         content="",
     )
     if status is not None or outcome.error is not None or outcome.output is None:

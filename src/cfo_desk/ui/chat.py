@@ -12,6 +12,7 @@ from __future__ import annotations
 import streamlit as st
 
 from cfo_desk.services import artifacts as artifacts_svc
+from cfo_desk.services import glossary as glossary_svc
 from cfo_desk.services import runs, samples, turns, worker
 from cfo_desk.services import threads as threads_svc
 from cfo_desk.services.artifacts import Artifact
@@ -55,6 +56,7 @@ def render() -> None:
         # Read after `messages`: a queued run that started in between has committed its question,
         # which the live view draws (else the question showed twice, seen in chromium).
         live_questions = runs.question_ids(session=session, run_ids=[r.id for r in live])
+        glossary = glossary_svc.current_glossary(session=session, workspace_id=ws_id) if thread else None
     frames = results.previews(a for items in arts.values() for a in items)
     # From the first question a run is working on, the live view draws the thread (a Retry's
     # question and not its old failed reply; a started question and its progress).
@@ -77,6 +79,7 @@ def render() -> None:
         st.info(problem, icon=":material/key:")
 
     path_results = {a.handle: a for items in arts.values() for a in items}
+    by_id = {m.id: m for m in messages}
     for msg in messages[:cut]:
         _message(
             msg,
@@ -88,6 +91,9 @@ def render() -> None:
             run=ended.get(msg.id),
             path_results=path_results,
         )
+        asked = by_id.get(msg.parent_id)
+        if msg.role == Role.user and asked is not None and asked.status == MessageStatus.clarification and (asked.output or {}).get("term"):
+            _save_to_glossary(msg, asked.output["term"], glossary)
 
     if not messages and not live and not problem:
         with open_session() as session:
@@ -257,6 +263,33 @@ def _thread_menu(thread) -> None:
             threads_svc.delete_thread(session=session, thread_id=thread.id)
         state.open_thread(None)
         state.flash(f"Deleted thread “{safe_label(thread.title)}”.", "info")
+        st.rerun()
+
+
+def _save_to_glossary(reply: Message, term: str, glossary) -> None:
+    """Under the analyst's answer to a clarifying question that settles a definition: one click
+    saves "term = answer" to the workspace glossary (or says it is there already)."""
+    known = glossary.find(term) if glossary is not None else None
+    definition = " ".join(reply.content.split())
+    if known is not None and " ".join((known.definition or "").split()) == definition:
+        st.caption(f":material/menu_book: In the workspace glossary as {safe_label(known.term)} (version {known.version}).")
+        return
+    label = f"Save to glossary: {(known.term if known else term)} = {definition}"
+    if st.button(safe_label(label[:120] + ("…" if len(label) > 120 else "")), key=f"glossary_{reply.id}", icon=":material/bookmark_add:", type="tertiary"):
+        try:
+            with open_session() as session:
+                entry = glossary_svc.set_term(
+                    session=session,
+                    workspace_id=reply.workspace_id,
+                    term=known.term if known else term,
+                    definition=reply.content,
+                    source="clarification",
+                    source_message_id=reply.id,
+                )
+        except ServiceError as exc:
+            state.flash(safe_label(str(exc)), "error")
+        else:
+            state.flash(f"Saved “{safe_label(entry.term)}” to the glossary (version {entry.version}): later questions use it.", "success")
         st.rerun()
 
 
