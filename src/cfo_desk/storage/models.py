@@ -210,12 +210,20 @@ class GlossaryEntry(SQLModel, table=True):
 
 
 class Artifact(SQLModel, table=True):
-    """A file produced by a run, e.g. one query's full result as Parquet, with its provenance."""
+    """Something a run produced, with its provenance. `kind`:
+
+    - "query_result": one query's full result; `file_path` is its Parquet file, `sql` its query.
+    - "chart": a chart spec (`spec`, deliverables/charts.py) drawn from one result; `file_path`
+      is that result's Parquet file (re-drawing reads it, never re-runs SQL), `sql` its query.
+    - "workbook": an Excel workbook (`spec`, deliverables/workbook.py); `file_path` is the .xlsx.
+
+    Charts and workbooks are handled c1, c2 ... and w1, w2 ... along the conversation's path.
+    """
 
     id: int | None = Field(default=None, primary_key=True)
     workspace_id: int = Field(sa_column=Column(Integer, ForeignKey("workspace.id", ondelete="CASCADE"), index=True, nullable=False))
     message_id: int = Field(sa_column=Column(Integer, ForeignKey("message.id", ondelete="CASCADE"), index=True, nullable=False))
-    kind: str = Field(default="query_result", max_length=40)
+    kind: str = Field(default="query_result", max_length=40, index=True)
     handle: str = Field(max_length=40, description="The run's name for it, e.g. q1.")
     title: str = Field(max_length=500, description="The purpose the agent gave.")
     sql: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
@@ -227,6 +235,7 @@ class Artifact(SQLModel, table=True):
         default_factory=list, sa_column=_json(), description='[{"table", "dataset_id", "sha256", "source"}] the query read.'
     )
     duration_s: float | None = Field(default=None, description="Query time, seconds.")
+    spec: dict[str, Any] | None = Field(default=None, sa_column=_json(nullable=True), description="A chart's or workbook's spec (JSON).")
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
 
 
