@@ -131,7 +131,7 @@ def test_artifacts_page_shows_a_page_at_a_time_and_reads_each_result_once(monkey
     at.switch_page("views/artifacts.py").run()
     assert not at.exception, at.exception
     assert len(at.expander) == 20 and len(at.dataframe) == 20
-    assert "22 query result(s)" in texts(at)
+    assert "22 artifact(s), newest first." in texts(at)
     first_page = head.calls
     assert first_page == 0  # the chat page already read all 22 previews this session
 

@@ -1,4 +1,4 @@
-"""Artifacts: the kept results of a run's queries, their provenance, and safe exports."""
+"""Artifacts: what a run made (query results, charts, workbooks), their provenance, and safe exports."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from cfo_desk.storage.files import workspace_dir
 from cfo_desk.storage.models import Artifact, Message, Workspace
 
 __all__ = [
-    "Artifact", "artifacts_by_message", "count_artifacts", "get_artifact", "list_artifacts", "questions_for",
+    "ARTIFACT_KINDS", "Artifact", "artifacts_by_message", "count_artifacts", "get_artifact", "list_artifacts", "made_in", "questions_for",
     "result_csv", "result_frame", "result_head", "to_safe_csv",
 ]
 
@@ -36,16 +36,59 @@ def artifacts_by_message(*, session: Session, message_ids: Iterable[int]) -> dic
     return out
 
 
-def list_artifacts(*, session: Session, workspace_id: int, limit: int | None = None, offset: int = 0) -> list[Artifact]:
+ARTIFACT_KINDS = ("query_result", "chart", "workbook")
+"""The kinds of artifact a run makes (Artifact's docstring says what each keeps)."""
+
+
+def _filtered(stmt, session: Session, workspace_id: int, kind: str | None, thread_id: int | None):
+    stmt = stmt.where(Artifact.workspace_id == workspace_id)
+    if kind is not None:
+        stmt = stmt.where(Artifact.kind == kind)
+    if thread_id is not None:  # what that thread shows: the artifacts of the messages on its path
+        from cfo_desk.services.threads import get_thread, path_ids
+
+        thread = get_thread(session=session, thread_id=thread_id)
+        ids = path_ids(session=session, message_id=thread.head_message_id) if thread.head_message_id else []
+        stmt = stmt.where(Artifact.message_id.in_(ids))
+    return stmt
+
+
+def list_artifacts(
+    *,
+    session: Session,
+    workspace_id: int,
+    limit: int | None = None,
+    offset: int = 0,
+    kind: str | None = None,
+    thread_id: int | None = None,
+) -> list[Artifact]:
     """The artifacts of a workspace, newest first: all of them, or `limit` after skipping `offset`
-    (a page)."""
-    stmt = select(Artifact).where(Artifact.workspace_id == workspace_id).order_by(Artifact.id.desc()).offset(offset).limit(limit)
-    return list(session.exec(stmt))
+    (a page). `kind` keeps one kind (ARTIFACT_KINDS); `thread_id` keeps those the thread shows
+    (on its path, forks' included up to the fork point). Raises NotFound for an unknown thread."""
+    stmt = _filtered(select(Artifact), session, workspace_id, kind, thread_id)
+    return list(session.exec(stmt.order_by(Artifact.id.desc()).offset(offset).limit(limit)))
 
 
-def count_artifacts(*, session: Session, workspace_id: int) -> int:
-    """How many artifacts a workspace has (one COUNT query)."""
-    return session.exec(select(func.count()).select_from(Artifact).where(Artifact.workspace_id == workspace_id)).one()
+def count_artifacts(*, session: Session, workspace_id: int, kind: str | None = None, thread_id: int | None = None) -> int:
+    """How many artifacts a workspace has, with the same filters as `list_artifacts` (one COUNT query)."""
+    return session.exec(_filtered(select(func.count()).select_from(Artifact), session, workspace_id, kind, thread_id)).one()
+
+
+def made_in(*, session: Session, artifacts: Iterable[Artifact]) -> dict[int, tuple[int, str]]:
+    """{artifact id: (thread id, thread title)} of the thread whose run made it (the run that
+    wrote its message); artifacts whose thread is gone are absent. One query."""
+    from cfo_desk.storage.models import Run, Thread
+
+    arts = list(artifacts)
+    if not arts:
+        return {}
+    rows = session.exec(
+        select(Run.reply_message_id, Thread.id, Thread.title)
+        .join(Thread, Thread.id == Run.thread_id)
+        .where(Run.reply_message_id.in_({a.message_id for a in arts}))
+    ).all()
+    by_message = {m: (t, title) for m, t, title in rows}
+    return {a.id: by_message[a.message_id] for a in arts if a.message_id in by_message}
 
 
 def questions_for(*, session: Session, artifacts: Iterable[Artifact]) -> dict[int, str]:
