@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter
 from pydantic_ai.models import Model
 from pydantic_ai.usage import UsageLimits
-from sqlmodel import Session, func, select
+from sqlmodel import Session, select
 
-from cfo_desk.agent.deps import AgentDeps, DatasetRef, SqlLimits
+from cfo_desk.agent.deps import AgentDeps, DatasetRef, ResultRef, SqlLimits, datasets_read
 from cfo_desk.agent.outputs import Clarification, FinalAnswer
 from cfo_desk.agent.core import model_problem, resolve_model
 from cfo_desk.agent.runner import Progress, TurnOutcome
@@ -177,10 +177,8 @@ def plan_turn(*, session: Session, thread_id: int, user_message_id: int) -> Turn
     ws = session.get(Workspace, thread.workspace_id)
     path = messages_on_path(session=session, message_id=user_msg.id)
     history = _history_of(path[:-1])
-    earlier = session.exec(
-        select(Artifact.handle, Artifact.file_path).where(Artifact.message_id.in_([m.id for m in path]), Artifact.kind == "query_result")
-    ).all()
-    results_so_far = session.exec(select(func.count()).select_from(Artifact).where(Artifact.message_id.in_([m.id for m in path]))).one()
+    earlier = session.exec(select(Artifact).where(Artifact.message_id.in_([m.id for m in path]))).all()
+    results_so_far = sum(1 for a in earlier if a.kind == "query_result")
     run_rel = f"artifacts/run-{uuid.uuid4().hex[:16]}"
     datasets = _dataset_refs(session, ws.id)
     glossary = glossary_svc.current_glossary(session=session, workspace_id=ws.id)  # text and version from one read
@@ -191,7 +189,12 @@ def plan_turn(*, session: Session, thread_id: int, user_message_id: int) -> Turn
         run_dir=workspace_dir(ws.key) / run_rel,
         datasets=datasets,
         first_handle=results_so_far + 1,
-        earlier_results={handle: workspace_dir(ws.key) / rel for handle, rel in earlier},
+        earlier_results={
+            a.handle: ResultRef(a.handle, a.title, a.sql or "", workspace_dir(ws.key) / a.file_path, a.columns, a.row_count, a.datasets_read, a.created_at)
+            for a in earlier
+            if a.kind == "query_result"
+        },
+        earlier_handles={p: sum(1 for a in earlier if a.kind == k) for p, k in (("c", "chart"), ("w", "workbook"))},
         glossary_text=glossary_svc.glossary_text(glossary),
         glossary_terms=frozenset(e.term_key for e in glossary.entries),
         limits=SqlLimits(settings.cfo_desk_sql_timeout, settings.cfo_desk_sql_rows_to_model, settings.cfo_desk_sql_result_row_limit),
@@ -296,11 +299,7 @@ def record_reply(
     session.flush()
     if reply.status.answered:
         for rec in outcome.results:
-            read = [  # the hash stamped on the table the query read, not the one known at turn start
-                {"table": t, "dataset_id": d.dataset_id, "sha256": rec.run.table_sha256.get(t, d.sha256), "source": d.source}
-                for t in rec.run.tables
-                if (d := datasets.get(t)) is not None
-            ]
+            read = datasets_read(rec.run, datasets)  # the hash stamped on the table the query read
             session.add(
                 Artifact(
                     workspace_id=user_msg.workspace_id,
