@@ -12,7 +12,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic_ai import RunContext
@@ -32,7 +32,7 @@ from pydantic_ai.models import Model
 from pydantic_ai.usage import UsageLimits
 
 from cfo_desk.agent.core import get_agent
-from cfo_desk.agent.deps import AgentDeps, QueryResultRecord
+from cfo_desk.agent.deps import AgentDeps, DeliverableRecord, QueryResultRecord
 from cfo_desk.agent.outputs import Clarification, FinalAnswer
 
 
@@ -53,7 +53,8 @@ class Progress:
 
 @dataclass
 class TurnOutcome:
-    """What a run produced. On success `output` and `new_messages_json` are set; else `error`."""
+    """What a run produced. On success `output` and `new_messages_json` are set; else `error`.
+    `results` are its queries' results, `deliverables` its charts and workbooks."""
 
     output: FinalAnswer | Clarification | None
     new_messages_json: bytes | None
@@ -63,6 +64,7 @@ class TurnOutcome:
     model_name: str | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
+    deliverables: list[DeliverableRecord] = field(default_factory=list)
 
 
 def readable_error(exc: BaseException) -> str:
@@ -129,6 +131,7 @@ def _finished(result: Any, deps: AgentDeps, model: Model | str, started: float) 
         model_name=model if isinstance(model, str) else getattr(model, "model_name", None),
         input_tokens=getattr(usage, "input_tokens", None),
         output_tokens=getattr(usage, "output_tokens", None),
+        deliverables=list(deps.deliverables),
     )
 
 

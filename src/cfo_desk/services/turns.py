@@ -248,6 +248,44 @@ def ask(
     return worker.run_inline(run.id, model=model, on_progress=on_progress)
 
 
+def _record_deliverables(session: Session, reply: Message, outcome: TurnOutcome, datasets: dict[str, DatasetRef]) -> None:
+    """Artifact rows for the turn's charts and workbooks: provenance from the results they used."""
+    if not outcome.deliverables:
+        return
+    ws = session.get(Workspace, reply.workspace_id)
+    folder = workspace_dir(ws.key)
+    this_turn = {r.handle: r for r in outcome.results}
+    earlier = {a.handle: a for a in session.exec(select(Artifact).where(Artifact.workspace_id == ws.id, Artifact.kind == "query_result",
+                                                                       Artifact.message_id.in_(path_ids(session=session, message_id=reply.id))))}
+    for d in outcome.deliverables:
+        read: dict[tuple, dict] = {}
+        sqls = []
+        for handle in d.results:
+            if (rec := this_turn.get(handle)) is not None:
+                items, sql = datasets_read(rec.run, datasets), rec.sql
+            elif (art := earlier.get(handle)) is not None:
+                items, sql = art.datasets_read, art.sql
+            else:
+                continue
+            sqls.append(sql or "")
+            for item in items:
+                read[(item["table"], item["sha256"])] = item
+        session.add(
+            Artifact(
+                workspace_id=reply.workspace_id,
+                message_id=reply.id,
+                kind=d.kind,
+                handle=d.handle,
+                title=d.title[:500],
+                sql=sqls[0] if d.kind == "chart" and sqls else None,
+                file_path=d.file.relative_to(folder).as_posix(),
+                row_count=0,
+                datasets_read=list(read.values()),
+                spec=d.spec,
+            )
+        )
+
+
 def record_reply(
     *,
     session: Session,
@@ -316,6 +354,7 @@ def record_reply(
                     duration_s=round(rec.run.duration_s, 4),
                 )
             )
+        _record_deliverables(session, reply, outcome, datasets)
     head = session.get(Message, thread.head_message_id) if thread is not None and thread.head_message_id else None
     if head is not None and user_msg.id in (head.id, head.parent_id):  # the question, or an answer to it (Retry)
         touch_thread(session=session, thread=thread, head_message_id=reply.id)

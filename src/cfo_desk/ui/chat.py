@@ -20,7 +20,7 @@ from cfo_desk.services.errors import ServiceError
 from cfo_desk.services.runs import Run, RunStatus
 from cfo_desk.services.session import open_session
 from cfo_desk.services.threads import Message, MessageStatus, Role, utcnow
-from cfo_desk.ui import results, state
+from cfo_desk.ui import deliverables, results, state
 from cfo_desk.ui.format import figure, safe_label, safe_markdown, short_hash
 
 
@@ -57,7 +57,7 @@ def render() -> None:
         # which the live view draws (else the question showed twice, seen in chromium).
         live_questions = runs.question_ids(session=session, run_ids=[r.id for r in live])
         glossary = glossary_svc.current_glossary(session=session, workspace_id=ws_id) if thread else None
-    frames = results.previews(a for items in arts.values() for a in items)
+    frames = results.previews(a for items in arts.values() for a in items if a.kind == "query_result")
     # From the first question a run is working on, the live view draws the thread (a Retry's
     # question and not its old failed reply; a started question and its progress).
     cut = next((i for i, m in enumerate(messages) if m.id in live_questions), len(messages))
@@ -78,7 +78,7 @@ def render() -> None:
     if problem:
         st.info(problem, icon=":material/key:")
 
-    path_results = {a.handle: a for items in arts.values() for a in items}
+    path_results = {a.handle: a for items in arts.values() for a in items if a.kind == "query_result"}
     by_id = {m.id: m for m in messages}
     for msg in messages[:cut]:
         _message(
@@ -306,7 +306,7 @@ def _message(
 ) -> None:
     """One message of the conversation. `path_results` maps handles of the path's results to
     their artifacts (a key figure may cite an earlier turn's result)."""
-    path_results = path_results or {a.handle: a for a in arts}
+    path_results = path_results or {a.handle: a for a in arts if a.kind == "query_result"}
     role = "user" if msg.role == Role.user else "assistant"
     with st.chat_message(role):
         if msg.role == Role.user:
@@ -367,10 +367,14 @@ def _answer(msg: Message, arts: list[Artifact], frames: dict, path_results: dict
     if output.get("glossary_terms"):
         version = f" (glossary version {msg.glossary_version})" if msg.glossary_version else ""
         st.caption(f":material/menu_book: Definitions from the workspace glossary{version}: " + " · ".join(safe_label(t) for t in output["glossary_terms"]))
-    shown = output.get("queries") or [a.handle for a in arts]
-    by_handle = {a.handle: a for a in arts}
-    for handle in [h for h in shown if h in by_handle] or [a.handle for a in arts]:
+    tables = [a for a in arts if a.kind == "query_result"]
+    shown = output.get("queries") or [a.handle for a in tables]
+    by_handle = {a.handle: a for a in tables}
+    for handle in [h for h in shown if h in by_handle] or [a.handle for a in tables]:
         _result(by_handle[handle], frames.get(by_handle[handle].id))
+    for art in arts:
+        if art.kind != "query_result":
+            deliverables.draw(art, key=f"msg_{art.id}")
     read = {(d["source"], d["sha256"]) for a in arts for d in a.datasets_read}
     if read:
         st.caption("Datasets read: " + " · ".join(f"{safe_label(src)} ({short_hash(sha)})" for src, sha in sorted(read)))
