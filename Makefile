@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 APP_STAMP := $(VENV)/.app-stamp
 DEV_STAMP := $(VENV)/.dev-stamp
 
-.PHONY: install install-dev run test bench worker
+.PHONY: install install-dev run test bench worker eval
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "CFO Desk needs Python >= 3.11 (set PYTHON=python3.11)")'
@@ -35,6 +35,12 @@ worker: install
 
 test: install-dev
 	$(VENV)/bin/pytest -q
+
+# The evaluation suite on the sample workspace: `make eval` uses CFO_DESK_MODEL, `make eval EVAL=--oracle`
+# checks the suite itself, `make eval EVAL="--model openai-chat:gpt-4.1 --out reports/gpt"` picks a model.
+EVAL ?=
+eval: install
+	$(VENV)/bin/cfo-desk eval $(EVAL)
 
 bench: install-dev
 	$(PY) benchmarks/run.py
