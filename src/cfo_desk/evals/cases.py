@@ -442,7 +442,7 @@ def _movement_case(name: str, kind: str, y: int, m: int, label: str) -> EvalCase
     return EvalCase(
         name=name,
         question=_q(f"What was {label} in {month}?", D_MRR, D_CUSTOMER, D_MOVES),
-        definition=f"{label.capitalize()} = {_MOVE_DEFS[kind]}; source: {SRC_BRIDGE}.",
+        definition=f"{label[0].upper() + label[1:]} = {_MOVE_DEFS[kind]}; source: {SRC_BRIDGE}.",
         sql=f"WITH {_movements_cte((y, m), (y, m))}\nSELECT {_MOVEMENT_SUMS}\nFROM movements",
         figures=(Figure(f"{label}, {month}", "USD", f"{kind}_mrr_usd"),),
         truth=lambda f: [_usd(movements(f, y, m)[kind])],
@@ -735,7 +735,7 @@ GROUP BY product_line ORDER BY product_line""",
             "What was total revenue in 2023 and in 2024, and the year-over-year growth of 2024 over 2023?",
             D_REVENUE, PCT, NO_ROUND,
         ),
-        definition=f"YoY growth = revenue 2024 / revenue 2023 - 1; source: {SRC_GAAP} (revenue), standard growth rate.",
+        definition="YoY growth = revenue 2024 / revenue 2023 - 1 (recognised revenue, orders.revenue_usd); standard growth rate.",
         sql="""WITH y AS (
     SELECT sum(revenue_usd) FILTER (WHERE year(order_month) = 2023) AS revenue_2023_usd,
            sum(revenue_usd) FILTER (WHERE year(order_month) = 2024) AS revenue_2024_usd
