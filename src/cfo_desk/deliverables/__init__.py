@@ -1,0 +1,1 @@
+"""Deliverables the CFO agent builds: Excel workbooks with live formulas, charts."""
