@@ -7,9 +7,10 @@ one sandboxed SELECT at a time is ever executed.
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
-from datetime import date
+from datetime import UTC, date, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -17,7 +18,9 @@ from pydantic_ai import Agent, ModelRetry, RunContext
 from pydantic_ai.exceptions import UserError
 from pydantic_ai.models import Model, infer_model
 
-from cfo_desk.agent.deps import AgentDeps, QueryResultRecord
+from cfo_desk.agent.deps import AgentDeps, DeliverableRecord, QueryResultRecord
+from cfo_desk.deliverables import charts
+from cfo_desk.deliverables import workbook as wb
 from cfo_desk.agent.outputs import Clarification, FinalAnswer
 from cfo_desk.agent.tieout import tie_out
 from cfo_desk.analytics.profile import profile_table as _profile_table
@@ -169,7 +172,122 @@ def build_agent() -> Agent[AgentDeps, FinalAnswer | Clarification]:
         ctx.deps.add_result(QueryResultRecord(handle=handle, purpose=purpose.strip() or handle, sql=sql, run=run))
         return result_for_model(run, handle)
 
+    @agent.tool(retries=SQL_TOOL_RETRIES)
+    def make_chart(ctx: RunContext[AgentDeps], spec: charts.ChartSpec) -> dict[str, Any]:
+        """Draw a chart of one kept run_sql result; it is shown under your answer with PNG and SVG downloads.
+
+        Shape the result in SQL first: one row per bar or point (aggregate), at most 5,000 rows, in the
+        order the chart should read (sort 'none' keeps the row order). Money → y_format 'currency',
+        rates → 'percent', months → a DATE column (date_trunc('month', ...)). A bridge (waterfall): one
+        row per step in order — start, signed changes (churn and contraction negative), end. Returns the
+        chart's handle (c1, c2, ...) and notes (what was folded, cut or did not tie out); a spec that does
+        not fit its result comes back with the reason: fix the spec or the SQL."""
+        return make_chart_for(ctx.deps, spec)
+
+    @agent.tool(retries=SQL_TOOL_RETRIES, description=BUILD_WORKBOOK_DESCRIPTION)
+    def build_workbook(ctx: RunContext[AgentDeps], spec: wb.WorkbookSpec) -> dict[str, Any]:
+        return make_workbook(ctx.deps, spec)
+
     return agent
+
+
+def make_chart_for(deps: AgentDeps, spec: charts.ChartSpec) -> dict[str, Any]:
+    """The make_chart tool: check the spec against its result's columns, build the chart from the
+    kept Parquet file (no SQL), record it as a deliverable (the normalised spec and the result
+    file) and return its handle, points drawn and notes. ModelRetry with the reason when the spec
+    does not fit (unknown handle, field, type, too many series ...)."""
+    refs = deps.result_refs()
+    ref = refs.get(spec.result.strip())
+    if ref is None:
+        known = ", ".join(sorted(refs, key=lambda h: (len(h), h))) or "none yet: run a query first"
+        raise ModelRetry(f"{spec.result!r} is not a result of this conversation (results: {known}).")
+    try:
+        checked = charts.check_chart(spec, ref.columns, ref.row_count)
+        data = charts.chart_data(checked, ref.parquet_path)
+        if checked.y_format == "currency" and checked.currency is None:
+            # y's name names no currency: take the one the tables it read carry, when they name exactly one
+            read = {d["table"] for d in ref.datasets_read}
+            codes = {c for d in deps.datasets if d.table_name in read for c in currency_codes(d.columns)}
+            if len(codes) == 1:
+                checked = checked.model_copy(update={"currency": codes.pop()})
+                data = charts.chart_data(checked, ref.parquet_path)
+        charts.build_chart(checked, data)
+    except charts.ChartRefused as exc:
+        raise ModelRetry(clip_text(f"The chart was not made: {exc.reason}", MAX_ERROR_CHARS)) from None
+    handle = deps.next_deliverable_handle("c")
+    deps.add_deliverable(
+        DeliverableRecord("chart", handle, checked.title, json.loads(charts.chart_spec_json(checked)), ref.parquet_path, [ref.handle])
+    )
+    return {"chart": handle, "result": ref.handle, "mark": checked.mark, "points": len(data.rows), "notes": clip_notes(list(data.notes))}
+
+
+BUILD_WORKBOOK_DESCRIPTION = (
+    "Build an Excel workbook (.xlsx) with live formulas for the analyst: a model, bridge, schedule or projection they "
+    "can open in Excel. First run the queries it needs (each result has a handle such as q1). Then describe it. "
+    f"data_sheets: one per result. {wb.DATA_SHEET_LAYOUT} model_sheets: labels, headers, inputs (assumptions you type, "
+    "shown blue) and formulas (totals, ratios, growth, bridges, projections). Link figures to data sheets with formulas "
+    "('MRR data'!G13) rather than typing them; list any result whose figures you typed in cited_results. named_inputs: "
+    "names for input cells, used as =B5*(1+Growth). charts: native charts over the workbook's ranges. "
+    f"{wb.FORMULA_RULES} A Sources sheet (each result's purpose, SQL, datasets with sha256, when it ran) is added "
+    "automatically. If the workbook is refused, the reason names the sheet, the cell and what to fix. The workbook is "
+    "shown under your answer with a download; you get back its handle (w1, w2, ...) and the computed values of its "
+    "model sheets' first cells, to check them."
+)
+MAX_PREVIEW_TO_MODEL_CELLS = 400
+"""Computed model-sheet cells returned to the model after build_workbook (the file has them all)."""
+
+
+def make_workbook(deps: AgentDeps, spec: wb.WorkbookSpec) -> dict[str, Any]:
+    """The build_workbook tool: check and write the workbook into the run's folder as
+    `<handle>.xlsx`, keep its computed preview beside it, record it as a deliverable, and return
+    its handle, sheets and the computed values of its model sheets (at most
+    MAX_PREVIEW_TO_MODEL_CELLS cells). A refused spec raises ModelRetry with the reason."""
+    refs = deps.result_refs()
+    results = {
+        h: wb.ResultInfo(r.handle, r.purpose, r.sql, r.parquet_path, r.datasets_read, r.ran_at or datetime.now(UTC), r.columns, r.row_count)
+        for h, r in refs.items()
+    }
+    deps.run_dir.mkdir(parents=True, exist_ok=True)
+    pending = deps.run_dir / f"pending-{uuid.uuid4().hex}.xlsx"
+    try:
+        summary = wb.write_workbook(spec, results, pending)
+    except wb.WorkbookError as exc:  # WorkbookRefused (the spec) or a result file that can't be read
+        raise ModelRetry(clip_text(f"The workbook was not built: {exc}", MAX_ERROR_CHARS)) from None
+    handle = deps.next_deliverable_handle("w")
+    path = pending.rename(deps.run_dir / f"{handle}.xlsx")
+    preview = wb.preview_workbook(path)
+    wb.preview_path(path).write_text(json.dumps(wb.preview_json(preview), default=str))
+    deps.add_deliverable(
+        DeliverableRecord("workbook", handle, spec.title, spec.model_dump(mode="json"), path, list(summary.results))
+    )
+    model_sheets = {m.name for m in spec.model_sheets}
+    cells: dict[str, dict[str, Any]] = {}
+    budget = MAX_PREVIEW_TO_MODEL_CELLS
+    for sheet in preview.sheets:
+        if sheet.name not in model_sheets:
+            continue
+        for ref in list(sheet.formulas)[:budget]:
+            cells.setdefault(sheet.name, {})[ref] = _cell_value(sheet, ref)
+        budget -= len(cells.get(sheet.name, {}))
+    return {
+        "workbook": handle,
+        "title": spec.title,
+        "sheets": summary.sheets,
+        "data_rows": summary.data_rows,
+        "formula_cells": summary.formula_cells,
+        "computed_formula_values": cells if preview.computed else None,
+        "notes": clip_notes(summary.notes + ([preview.engine_note] if preview.engine_note else [])),
+    }
+
+
+def _cell_value(sheet: wb.SheetPreview, ref: str) -> Any:
+    from openpyxl.utils.cell import coordinate_from_string, column_index_from_string
+
+    col, row = coordinate_from_string(ref)
+    j = column_index_from_string(col) - 1
+    values = sheet.rows[row - 1] if row - 1 < len(sheet.rows) else []
+    value = values[j] if j < len(values) else None
+    return value if value is None or isinstance(value, (int, float, str, bool)) else str(value)
 
 
 def fan_out_note(row_count: int, tables: list[str], datasets: list) -> str | None:
@@ -274,16 +392,22 @@ _NAME_TOKEN = re.compile(r"[a-z]+")
 _REMOVED = re.compile(r"after removing ([^;]*)")
 
 
-def currency_hint(columns: list[tuple[str, str]], notes: tuple[str, ...] | list[str] = ()) -> str | None:
-    """Where a table's currency is known: ISO codes in its numeric column names (mrr_usd → USD),
-    else the currency symbols ingest removed from its values ($, €, £: the currency itself is not
-    named). None when neither says anything."""
+def currency_codes(columns: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """{ISO code: numeric columns whose names carry it} (mrr_usd → {"USD": ["mrr_usd"]})."""
     codes: dict[str, list[str]] = {}
     for name, dtype in columns:
         if dtype.startswith(("DECIMAL", "DOUBLE", "BIGINT", "INTEGER", "HUGEINT", "FLOAT")):
             for token in _NAME_TOKEN.findall(name.lower()):
                 if token in _CURRENCY_CODES:
                     codes.setdefault(token.upper(), []).append(name)
+    return codes
+
+
+def currency_hint(columns: list[tuple[str, str]], notes: tuple[str, ...] | list[str] = ()) -> str | None:
+    """Where a table's currency is known: ISO codes in its numeric column names (mrr_usd → USD),
+    else the currency symbols ingest removed from its values ($, €, £: the currency itself is not
+    named). None when neither says anything."""
+    codes = currency_codes(columns)
     if codes:
         return "; ".join(f"{code} (column names: {', '.join(cols[:3])}{', …' if len(cols) > 3 else ''})" for code, cols in codes.items())
     removed = " ".join(m.group(1) for n in notes if (m := _REMOVED.search(n)))  # ingest's "read as numbers after removing $ and ..."

@@ -1249,3 +1249,23 @@ def preview_workbook(
                 cells.extend([None] * (col - len(cells)))
             cells[col - 1] = value
     return WorkbookPreview(sheets, computed=True)
+
+
+def preview_path(workbook_path: Path) -> Path:
+    """Where a workbook's preview is kept: `<name>.preview.json` beside it. The agent computes it
+    once, when the workbook is built (`preview_json`), so pages never run the formula engine."""
+    return Path(workbook_path).with_suffix(".preview.json")
+
+
+def preview_json(preview: WorkbookPreview) -> dict[str, Any]:
+    """A workbook preview as JSON-able data: {"computed", "engine_note", "sheets": [{"name",
+    "rows", "formulas", "more_rows", "more_cols"}]}; write it with `json.dumps(..., default=str)`
+    (dates and other values become text)."""
+    return {
+        "computed": preview.computed,
+        "engine_note": preview.engine_note,
+        "sheets": [
+            {"name": sh.name, "rows": sh.rows, "formulas": sh.formulas, "more_rows": sh.more_rows, "more_cols": sh.more_cols}
+            for sh in preview.sheets
+        ],
+    }

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -11,13 +13,16 @@ import pyarrow.parquet as pq
 from sqlmodel import Session, func, select
 
 from cfo_desk.analytics.sandbox import read_result
+from cfo_desk.deliverables import charts
+from cfo_desk.deliverables.charts import ChartRefused, chart_png, chart_svg  # re-exported for pages (PNG/SVG downloads)
+from cfo_desk.deliverables.workbook import preview_path
 from cfo_desk.services.errors import NotFound
 from cfo_desk.services.session import open_session
 from cfo_desk.storage.files import workspace_dir
 from cfo_desk.storage.models import Artifact, Message, Workspace
 
 __all__ = [
-    "ARTIFACT_KINDS", "Artifact", "artifacts_by_message", "count_artifacts", "get_artifact", "list_artifacts", "made_in", "questions_for",
+    "ARTIFACT_KINDS", "Artifact", "ChartRefused", "chart_png", "chart_svg", "artifact_bytes", "artifact_file", "artifacts_by_message", "chart_of", "workbook_preview", "count_artifacts", "get_artifact", "list_artifacts", "made_in", "questions_for",
     "result_csv", "result_frame", "result_head", "to_safe_csv",
 ]
 
@@ -114,6 +119,35 @@ def _result_path(session: Session, artifact: Artifact) -> Path:
     if not path.exists():
         raise NotFound(f"The result file of {artifact.handle} is missing from the workspace folder.")
     return path
+
+
+def artifact_file(*, session: Session, artifact: Artifact) -> Path:
+    """The absolute path of an artifact's file (a result's Parquet, the result a chart draws from,
+    a workbook's .xlsx); raises NotFound if it is gone."""
+    return _result_path(session, artifact)
+
+
+def artifact_bytes(artifact_id: int) -> bytes:
+    """The bytes of an artifact's file (a workbook's .xlsx download), read when asked; raises NotFound."""
+    with open_session() as session:
+        return artifact_file(session=session, artifact=get_artifact(session=session, artifact_id=artifact_id)).read_bytes()
+
+
+def workbook_preview(*, session: Session, artifact: Artifact) -> dict[str, Any]:
+    """A workbook artifact's preview as computed when it was built (deliverables.workbook.preview_json
+    shape); raises NotFound when the workbook or its preview is gone."""
+    path = preview_path(_result_path(session, artifact))
+    if not path.exists():
+        raise NotFound(f"The preview of {artifact.handle} is missing from the workspace folder.")
+    return json.loads(path.read_text())
+
+
+def chart_of(*, session: Session, artifact: Artifact) -> tuple[Any, list[str]]:
+    """A chart artifact re-drawn from its spec and the result file it reads (no SQL): (Altair
+    chart, notes). Raises NotFound when the result file is gone, charts.ChartRefused when the file
+    no longer fits the spec."""
+    chart, data = charts.render_chart(json.dumps(artifact.spec or {}), _result_path(session, artifact))
+    return chart, list(data.notes)
 
 
 def result_frame(*, session: Session, artifact: Artifact) -> pd.DataFrame:
