@@ -54,6 +54,20 @@ QUESTION_2 = "How many rows?"
 ANSWER_1 = "December revenue was 2,250.00 EUR."
 ANSWER_2 = "There are 4 revenue rows."
 
+QUESTION_3 = "A chart and a workbook of revenue by month, please"
+ANSWER_3 = "Revenue by month is charted in c1 and built into w1."
+CHART_SPEC = {"result": "q1", "mark": "bar", "x": "month", "y": "revenue", "title": "Revenue by month", "x_format": "month",
+              "y_format": "currency", "currency": "EUR"}
+WORKBOOK_SPEC = {
+    "title": "Revenue by month",
+    "currency": "EUR",
+    "data_sheets": [{"name": "Revenue", "result": "q1"}],
+    "model_sheets": [{"name": "Summary", "cells": [
+        {"ref": "A1", "value": "Total revenue", "kind": "label"},
+        {"ref": "B1", "formula": "=SUM('Revenue'!B2:B4)", "kind": "total", "number_format": "currency"},
+    ]}],
+}
+
 STARTUP_TIMEOUT_S = 60
 UI_TIMEOUT_MS = 20_000  # one rerun or agent turn (two stub requests) takes ~1-3 s; generous for loaded machines
 
@@ -96,11 +110,21 @@ def journey_policy(request: dict[str, Any]) -> Reply:
         elif "rows" in question:
             sql = "SELECT count(*) AS n FROM revenue"
             purpose = "Revenue rows"
+        elif "chart" in question:
+            sql = "SELECT month, sum(revenue) AS revenue FROM revenue GROUP BY month ORDER BY month"
+            purpose = "Revenue by month"
         else:
             return Reply(text=f"stub: no script for {question!r}")
         return Reply(tool_calls=[ToolCall("run_sql", {"purpose": purpose, "sql": sql})])
 
-    if last.get("role") == "tool" and _called_tool(messages, last.get("tool_call_id")) == "run_sql":
+    called = _called_tool(messages, last.get("tool_call_id")) if last.get("role") == "tool" else None
+    if called == "run_sql" and "month" in _text(last.get("content")):  # the chart question's result
+        return Reply(tool_calls=[ToolCall("make_chart", {"spec": CHART_SPEC})])
+    if called == "make_chart":
+        return Reply(tool_calls=[ToolCall("build_workbook", {"spec": WORKBOOK_SPEC})])
+    if called == "build_workbook":
+        return Reply(tool_calls=[ToolCall(_final_answer_tool(request), {"answer_markdown": ANSWER_3})])
+    if last.get("role") == "tool" and called == "run_sql":
         content = _text(last.get("content"))
         try:
             result = json.loads(content)
@@ -404,6 +428,37 @@ def _journey(page, url: str, csv_path: Path, expect) -> None:
     expect(main.get_by_role("combobox", name="Dataset")).to_have_value(re.compile(r"revenue\s*·\s*4 rows"))
     expect(page.get_by_test_id("stSidebarNav").get_by_text("Artifacts")).to_be_visible()
     expect(page.get_by_test_id("stSidebarNav").get_by_text("app", exact=True)).to_have_count(0)
+
+
+def test_chart_and_workbook_in_browser(chromium: str, app_url: str, stub: StubOpenAIServer, tmp_path: Path) -> None:
+    """Ask for a chart and a workbook: the chart is drawn, the workbook's sheets are shown, and the
+    downloaded .xlsx opens with openpyxl holding the data and a live formula."""
+    import openpyxl
+    from playwright.sync_api import expect
+
+    csv_path = tmp_path / "revenue.csv"
+    csv_path.write_text(REVENUE_CSV)
+    with _browser_page(chromium, "deliverables") as page:
+        main = page.get_by_role("main")
+        _new_workspace_with_csv(page, app_url, csv_path, "Deliverables")
+        _rerun(page, page.get_by_test_id("stSidebar").get_by_role("button", name="New thread").click)
+        _rerun(page, lambda: _ask(page, QUESTION_3))
+        expect(main.get_by_text(ANSWER_3)).to_be_visible()
+        expect(main.get_by_test_id("stVegaLiteChart")).to_have_count(1)
+        expect(main.get_by_test_id("stVegaLiteChart")).to_be_visible()
+        expect(main.get_by_role("tab", name="Summary")).to_be_visible()
+        expect(main.get_by_role("tab", name="Sources")).to_be_visible()
+        expect(main.get_by_test_id("stException")).to_have_count(0)
+        page.wait_for_timeout(500)  # let the chart paint before the screenshot
+        page.screenshot(path=str(ARTIFACTS / "deliverables.png"), full_page=True)
+        with page.expect_download() as download:
+            main.get_by_role("button", name="Download .xlsx").click()
+        path = tmp_path / "w1.xlsx"
+        download.value.save_as(path)
+    book = openpyxl.load_workbook(path)
+    assert book.sheetnames == ["Summary", "Revenue", "Sources"]
+    assert book["Summary"]["B1"].value == "=SUM('Revenue'!B2:B4)"
+    assert [book["Revenue"].cell(row=r, column=2).value for r in range(2, 5)] == [1200.5, 1300.25, 2250.0]
 
 
 # --------------------------------------------------------------------------- background runs

@@ -37,7 +37,7 @@ def render() -> None:
     thread_id = right.selectbox(
         "Thread",
         options=[None, *threads],
-        format_func=lambda t: "All threads" if t is None else safe_label(threads.get(t, f"thread {t}")),
+        format_func=lambda t: "All threads" if t is None else threads.get(t, f"thread {t}"),  # options are plain text
         key=f"artifacts_thread_{ws_id}",
     )
     try:

@@ -123,7 +123,7 @@ def _workbook(art: Artifact, got: _Workbook, key: str) -> None:
             if formulas:
                 ref = st.selectbox(
                     "Formula behind a cell", options=list(formulas), key=f"{key}_formula_{i}",
-                    format_func=lambda r, f=formulas: safe_label(f"{r}: {f[r][:60]}"),
+                    format_func=lambda r, f=formulas: f"{r}: {f[r][:60]}",  # options are plain text, not Markdown
                 )
                 if ref:
                     st.code(formulas[ref], language="text", wrap_lines=True)
