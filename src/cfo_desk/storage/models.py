@@ -149,6 +149,7 @@ class Thread(SQLModel, table=True):
     forked_from_thread_id: int | None = Field(default=None)
     forked_from_thread_title: str | None = Field(default=None, max_length=200)
     forked_from_message_id: int | None = Field(default=None)
+    archived_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True), description="Set while the thread is archived.")
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
     updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
 
@@ -166,6 +167,10 @@ class Message(SQLModel, table=True):
     parent_id: int | None = Field(
         default=None, sa_column=Column(Integer, ForeignKey("message.id", ondelete="CASCADE"), index=True, nullable=True)
     )
+    # The thread whose turn wrote it (a plain value like the fork lineage: deleting the thread
+    # leaves it). In-thread branches are the siblings written in the same thread; None for
+    # messages older than revision 0006 that no run names.
+    thread_id: int | None = Field(default=None, index=True)
     role: Role = Field(sa_column=Column(_enum(Role, "message_role"), nullable=False))
     status: MessageStatus = Field(default=MessageStatus.ok, sa_column=Column(_enum(MessageStatus, "message_status"), nullable=False))
     content: str = Field(sa_column=Column(Text, nullable=False), description="Markdown shown to the user.")
