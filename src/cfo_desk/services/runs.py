@@ -35,7 +35,7 @@ from cfo_desk.agent.runner import TurnOutcome
 from cfo_desk.config import get_settings
 from cfo_desk.services import turns
 from cfo_desk.services.errors import Conflict, NotFound
-from cfo_desk.services.threads import DEFAULT_TITLE, create_thread_row, get_thread, path_ids
+from cfo_desk.services.threads import DEFAULT_TITLE, create_thread_row, get_thread, is_on_path, touch_thread
 from cfo_desk.storage.files import remove_tree, workspace_dir
 from cfo_desk.storage.models import Message, MessageStatus, Role, Run, RunStatus, Thread, ThreadLease, Workspace, utcnow
 
@@ -44,6 +44,7 @@ __all__ = [
     "RunStatus",
     "begin_run",
     "claim_runs",
+    "edit_question",
     "enqueue_answer",
     "enqueue_question",
     "finish_run",
@@ -53,6 +54,7 @@ __all__ = [
     "open_runs_with_questions",
     "question_ids",
     "recover_expired",
+    "regenerate",
     "request_stop",
     "runs_by_reply",
     "save_progress",
@@ -116,7 +118,7 @@ def enqueue_answer(*, session: Session, thread_id: int, user_message_id: int) ->
     run in the thread is open."""
     thread = get_thread(session=session, thread_id=thread_id)
     msg = session.get(Message, user_message_id)
-    on_path = thread.head_message_id is not None and user_message_id in path_ids(session=session, message_id=thread.head_message_id)
+    on_path = is_on_path(session=session, head_id=thread.head_message_id, message_id=user_message_id)
     if msg is None or msg.role != Role.user or not on_path:
         raise NotFound("That question is not part of this thread (any more).")
     if open_runs(session=session, thread_id=thread_id):
@@ -125,6 +127,60 @@ def enqueue_answer(*, session: Session, thread_id: int, user_message_id: int) ->
     if head.parent_id == user_message_id and MessageStatus(head.status).answered:
         raise Conflict("This question already has an answer (shown at the end of the thread).")
     run = Run(workspace_id=thread.workspace_id, thread_id=thread_id, user_message_id=user_message_id)
+    session.add(run)
+    session.commit()
+    session.refresh(run)
+    return run
+
+
+def edit_question(*, session: Session, thread_id: int, message_id: int, content: str) -> Run:
+    """Edit a past question and resend it: a new question with the same parent, written in this
+    thread (a sibling of `message_id`: a new branch), becomes the head, and a queued run answers
+    it (the background worker, or `worker.run_inline`, executes it). The old branch keeps its
+    answers, artifacts and history (‹n/m› switches back). One transaction.
+
+    Raises InvalidInput (blank or too long, as `turns.check_question`), NotFound (`message_id` is
+    not a question on the thread's path), Conflict while a run of the thread is queued or running."""
+    content = turns.check_question(content)
+    thread = get_thread(session=session, thread_id=thread_id)
+    old = session.get(Message, message_id)
+    if old is None or old.role != Role.user or not is_on_path(session=session, head_id=thread.head_message_id, message_id=message_id):
+        raise NotFound("That question is not part of this thread (any more).")
+    if open_runs(session=session, thread_id=thread_id):
+        raise Conflict("A run is already going in this thread; wait for it or stop it first.")
+    msg = Message(workspace_id=thread.workspace_id, parent_id=old.parent_id, thread_id=thread.id, role=Role.user, content=content)
+    session.add(msg)
+    session.flush()
+    touch_thread(session=session, thread=thread, head_message_id=msg.id)
+    run = Run(workspace_id=thread.workspace_id, thread_id=thread.id, user_message_id=msg.id)
+    session.add(run)
+    session.commit()
+    session.refresh(run)
+    return run
+
+
+def regenerate(*, session: Session, thread_id: int, message_id: int) -> Run:
+    """Answer a question again: queue a run that answers the question of `message_id` (an answer on
+    the thread's path). The head moves to `message_id` now (cutting the path below it, so a past
+    answer can be regenerated too); when the run ends, its reply is a new sibling of that answer,
+    written in this thread, and the head moves to it (`turns.record_reply`'s compare-and-set: the
+    head is an answer to the same question). The old answer and everything below it stay as a
+    branch. Raises NotFound (not an answer on the path), Conflict while a run of the thread is
+    queued or running."""
+    thread = get_thread(session=session, thread_id=thread_id)
+    old = session.get(Message, message_id)
+    if (
+        old is None
+        or old.role != Role.assistant
+        or old.parent_id is None
+        or not is_on_path(session=session, head_id=thread.head_message_id, message_id=message_id)
+    ):
+        raise NotFound("That answer is not part of this thread (any more).")
+    if open_runs(session=session, thread_id=thread_id):
+        raise Conflict("A run is already going in this thread; wait for it or stop it first.")
+    if thread.head_message_id != old.id:
+        touch_thread(session=session, thread=thread, head_message_id=old.id)
+    run = Run(workspace_id=thread.workspace_id, thread_id=thread.id, user_message_id=old.parent_id)
     session.add(run)
     session.commit()
     session.refresh(run)

@@ -1,20 +1,39 @@
-"""Threads and the message tree: create, list, rename, delete, fork, and read a conversation.
+"""Threads and the message tree: create, list, rename, delete, fork, branches, and read a conversation.
 
 A thread's conversation is the path from the root message to the thread's head, read with one
 recursive query (portable SQL: SQLite and PostgreSQL). Forking makes a new thread whose head is an
 existing message; it copies no message, data or artifact, so its cost is one row.
+
+Branches inside a thread are siblings in the same tree: every message names the thread whose turn
+wrote it (`Message.thread_id`). A message's branches in thread T are the messages with the same
+parent written in T, plus the message itself, ordered by id (creation). A fork's messages are never
+branches of its source, nor the reverse. Messages older than revision 0006 that no run named
+(`thread_id` NULL) show no branches but themselves.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import delete, literal, select as sa_select
+from dataclasses import dataclass
+
+from sqlalchemy import delete, exists, literal, select as sa_select
 from sqlmodel import Session, select
 
-from cfo_desk.services.errors import InvalidInput, NotFound
+from cfo_desk.services.errors import Conflict, InvalidInput, NotFound
 from cfo_desk.storage.files import remove_tree, workspace_dir
 from cfo_desk.storage.models import Artifact, Message, MessageStatus, Role, Thread, Workspace, utcnow
 
-__all__ = ["Message", "MessageStatus", "Role", "Thread", "utcnow"]  # re-exported for the UI
+__all__ = [  # Message, MessageStatus, Role, Thread, utcnow are re-exported for the UI
+    "Message",
+    "MessageStatus",
+    "Role",
+    "Siblings",
+    "Thread",
+    "is_on_path",
+    "newest_leaf",
+    "siblings",
+    "switch_branch",
+    "utcnow",
+]
 
 MAX_TITLE_LENGTH = 200
 DEFAULT_TITLE = "New thread"
@@ -165,3 +184,121 @@ def touch_thread(*, session: Session, thread: Thread, head_message_id: int | Non
     thread.updated_at = utcnow()
     session.add(thread)
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Branches inside a thread: siblings written in the thread, switching between them.
+
+
+def is_on_path(*, session: Session, head_id: int | None, message_id: int) -> bool:
+    """True when `message_id` lies on the path from the root to `head_id` (inclusive).
+
+    One recursive query that walks up from the head and stops at the message: O(distance from the
+    head to the message), so checking the head itself costs one step. A message that is not on
+    the path costs the walk to the root."""
+    if head_id is None:
+        return False
+    up = sa_select(Message.id, Message.parent_id).where(Message.id == head_id).cte("up", recursive=True)
+    step = sa_select(Message.id, Message.parent_id).join(up, Message.id == up.c.parent_id).where(up.c.id != message_id)
+    up = up.union_all(step)
+    return bool(session.execute(sa_select(exists().where(up.c.id == message_id))).scalar())
+
+
+@dataclass(frozen=True)
+class Siblings:
+    """A message's branches in one thread: `ids` in creation order (the message among them),
+    `index` of the message in `ids` (0-based; the UI shows index + 1) and `count` == len(ids)."""
+
+    ids: tuple[int, ...]
+    index: int
+    count: int
+
+
+def siblings(*, session: Session, thread_id: int, message_ids: list[int]) -> dict[int, Siblings]:
+    """The branches of each of these messages in the thread (usually the messages of its path):
+    the messages with the same parent written in this thread, plus the message itself, by id.
+
+    Two queries whatever the number of messages (their parents, then the siblings written in the
+    thread). Messages that no longer exist are left out of the result."""
+    ids = list(dict.fromkeys(message_ids))
+    if not ids:
+        return {}
+    rows = session.execute(sa_select(Message.id, Message.parent_id, Message.workspace_id).where(Message.id.in_(ids))).all()
+    parents = {r.parent_id for r in rows if r.parent_id is not None}
+    roots = any(r.parent_id is None for r in rows)
+    cond = Message.parent_id.in_(parents) if parents else None
+    if roots:
+        root_cond = Message.parent_id.is_(None) & (Message.workspace_id == rows[0].workspace_id)
+        cond = root_cond if cond is None else (cond | root_cond)
+    children: dict[int | None, set[int]] = {}
+    for sid, pid in session.execute(sa_select(Message.id, Message.parent_id).where(Message.thread_id == thread_id, cond)).all():
+        children.setdefault(pid, set()).add(sid)
+    out: dict[int, Siblings] = {}
+    for r in rows:
+        group = tuple(sorted(children.get(r.parent_id, set()) | {r.id}))
+        out[r.id] = Siblings(group, group.index(r.id), len(group))
+    return out
+
+
+def _open_run(session: Session, thread_id: int) -> bool:
+    from cfo_desk.storage.models import Run, RunStatus
+
+    stmt = sa_select(exists().where(Run.thread_id == thread_id, Run.status.in_((RunStatus.queued, RunStatus.running))))
+    return bool(session.execute(stmt).scalar())
+
+
+RUN_OPEN = "A run is going in this thread; wait for it or stop it first."
+
+
+def _subtree(session: Session, message_id: int) -> list[tuple[int, int | None, int | None]]:
+    """(id, parent_id, thread_id) of the message and all its descendants, any thread (one
+    recursive query; O(size of the subtree))."""
+    down = sa_select(Message.id, Message.parent_id, Message.thread_id).where(Message.id == message_id).cte("down", recursive=True)
+    step = sa_select(Message.id, Message.parent_id, Message.thread_id).join(down, Message.parent_id == down.c.id)
+    down = down.union_all(step)
+    return [tuple(r) for r in session.execute(sa_select(down.c.id, down.c.parent_id, down.c.thread_id)).all()]
+
+
+def _newest_leaf_in(rows: list[tuple[int, int | None, int | None]], thread_id: int, exclude: set[int] = frozenset()) -> int | None:
+    """The newest (highest id) message written in the thread among `rows` that has no child
+    written in the thread among them (`exclude`d ids count as absent); None when there is none."""
+    mine = {i for i, _, t in rows if t == thread_id and i not in exclude}
+    with_child = {p for i, p, _ in rows if i in mine}
+    leaves = mine - with_child
+    return max(leaves) if leaves else None
+
+
+def newest_leaf(*, session: Session, thread_id: int, message_id: int) -> int:
+    """The branch's most recent leaf in the thread: the newest message (by id) among the
+    descendants of `message_id` written in the thread that have no child written in it; the message
+    itself when it has no such descendant. One recursive query, O(size of its subtree)."""
+    rows = _subtree(session, message_id)
+    leaf = _newest_leaf_in([r for r in rows if r[0] != message_id], thread_id)
+    return leaf if leaf is not None else message_id
+
+
+def switch_branch(*, session: Session, thread_id: int, message_id: int) -> Thread:
+    """Show another branch: move the thread's head to the most recent leaf (`newest_leaf`) of
+    `message_id`, a message written in this thread or on its current path. Runs nothing; every
+    branch keeps its answers, artifacts and exact model history. When the message is on the
+    current path and nothing below it was written in this thread (e.g. a fork's inherited
+    messages), the head stays. Raises NotFound (message gone, or not one of this thread's
+    branches), Conflict while a run of the thread is queued or running."""
+    thread = get_thread(session=session, thread_id=thread_id)
+    msg = session.get(Message, message_id)
+    if msg is None or msg.workspace_id != thread.workspace_id:
+        raise NotFound("That message no longer exists.")
+    on_path = is_on_path(session=session, head_id=thread.head_message_id, message_id=message_id)
+    if msg.thread_id != thread.id and not on_path:
+        raise NotFound("That message is not a branch of this thread.")
+    if _open_run(session, thread.id):
+        raise Conflict(RUN_OPEN)
+    rows = _subtree(session, message_id)
+    leaf = _newest_leaf_in([r for r in rows if r[0] != message_id], thread.id)
+    if leaf is None:
+        leaf = thread.head_message_id if on_path else message_id
+    if leaf != thread.head_message_id:
+        touch_thread(session=session, thread=thread, head_message_id=leaf)
+    session.commit()
+    session.refresh(thread)
+    return thread

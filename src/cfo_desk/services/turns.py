@@ -28,7 +28,7 @@ from cfo_desk.agent.runner import Progress, TurnOutcome
 from cfo_desk.config import get_settings
 from cfo_desk.services import glossary as glossary_svc
 from cfo_desk.services.errors import Conflict, InvalidInput, NotFound
-from cfo_desk.services.threads import DEFAULT_TITLE, get_thread, messages_on_path, path_ids, touch_thread
+from cfo_desk.services.threads import DEFAULT_TITLE, get_thread, is_on_path, messages_on_path, path_ids, touch_thread
 from cfo_desk.storage.files import duckdb_path, remove_tree, workspace_dir
 from cfo_desk.storage.models import Artifact, Dataset, Message, MessageStatus, Role, Thread, Workspace
 
@@ -115,9 +115,9 @@ def title_from(content: str) -> str:
 
 
 def append_user_message(*, session: Session, thread: Thread, content: str) -> Message:
-    """Add the question under the thread's head and make it the head (no commit: the caller's
-    transaction). The first message of an untitled thread also names the thread."""
-    msg = Message(workspace_id=thread.workspace_id, parent_id=thread.head_message_id, role=Role.user, content=content)
+    """Add the question under the thread's head, written in this thread, and make it the head (no
+    commit: the caller's transaction). The first message of an untitled thread also names the thread."""
+    msg = Message(workspace_id=thread.workspace_id, parent_id=thread.head_message_id, thread_id=thread.id, role=Role.user, content=content)
     session.add(msg)
     session.flush()
     if thread.head_message_id is None and thread.title == DEFAULT_TITLE:
@@ -171,7 +171,7 @@ def plan_turn(*, session: Session, thread_id: int, user_message_id: int) -> Turn
     settings = get_settings()
     thread = get_thread(session=session, thread_id=thread_id)
     user_msg = session.get(Message, user_message_id)
-    on_thread = thread.head_message_id is not None and user_message_id in path_ids(session=session, message_id=thread.head_message_id)
+    on_thread = is_on_path(session=session, head_id=thread.head_message_id, message_id=user_message_id)
     if user_msg is None or user_msg.role != Role.user or not on_thread:
         raise NotFound("That question is not part of this thread (any more).")
     ws = session.get(Workspace, thread.workspace_id)
@@ -314,6 +314,7 @@ def record_reply(
     reply = Message(
         workspace_id=user_msg.workspace_id,
         parent_id=user_msg.id,
+        thread_id=thread_id,  # the run's thread: a branch of that thread only
         role=Role.assistant,
         duration_s=round(outcome.duration_s, 3),
         model_name=outcome.model_name,

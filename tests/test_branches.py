@@ -1,0 +1,267 @@
+"""Branches inside a thread (issue 10): edit and resend, regenerate, ‹n/m› siblings, switching
+branches, deleting a branch, fork titles and lineage, compare, the threads list.
+
+Services on real SQLite and PostgreSQL; the model is scripted (FunctionModel) and runs go through
+the run queue and lease like the app's (worker.run_inline executes a queued run on this thread).
+"""
+
+from __future__ import annotations
+
+import pytest
+from agent_script import sql_script
+from pydantic_ai.messages import ModelMessagesTypeAdapter
+from sqlalchemy import event
+from sqlmodel import func, select
+
+from cfo_desk.services import runs, turns, worker
+from cfo_desk.services import threads as threads_svc
+from cfo_desk.services import workspaces as ws_svc
+from cfo_desk.services.errors import Conflict, InvalidInput, NotFound
+from cfo_desk.storage.db import session_scope
+from cfo_desk.storage.models import Message, Run
+from test_threads import prompts_seen
+
+
+@pytest.fixture
+def session(store):
+    """Every test here runs on SQLite and on PostgreSQL."""
+    with session_scope() as s:
+        yield s
+
+
+def count(session, model) -> int:
+    return session.exec(select(func.count()).select_from(model)).one()
+
+
+def answer_with(text: str, seen: list | None = None, sql: str = "SELECT 1 AS x"):
+    return sql_script([sql], {"answer_markdown": text}, seen=seen)
+
+
+def ask(session, thread_id: int, q: str, a: str | None = None, seen: list | None = None) -> Message:
+    return turns.ask(session=session, thread_id=thread_id, content=q, model=answer_with(a or f"A to {q}", seen))
+
+
+def run(run_row: Run, text: str, seen: list | None = None) -> Message:
+    """Execute a queued run here, as the background worker would, and return its reply."""
+    return worker.run_inline(run_row.id, model=answer_with(text, seen))
+
+
+def path(session, thread_id: int) -> list[str]:
+    return [m.content for m in threads_svc.conversation(session=session, thread_id=thread_id)]
+
+
+def head(session, thread_id: int) -> int | None:
+    return threads_svc.get_thread(session=session, thread_id=thread_id).head_message_id
+
+
+def new_thread(session, title: str = "T"):
+    ws = ws_svc.create_workspace(session=session, name=f"W {title}")
+    return ws, threads_svc.create_thread(session=session, workspace_id=ws.id, title=title)
+
+
+def same_history(sent, stored: list) -> bool:
+    """True when the messages sent to the model start with exactly the stored history: every part
+    (prompts, tool calls with their ids and arguments, tool returns, timestamps) in order, as JSON.
+    Compared part by part because pydantic-ai merges each turn's first request into the previous
+    turn's last one (the output tool's return) and adds the current instructions."""
+    def parts(messages):
+        return [p for m in messages for p in m["parts"]]
+
+    got, want = parts(ModelMessagesTypeAdapter.dump_python(sent, mode="json")), parts(stored)
+    return len(got) > len(want) and got[: len(want)] == want
+
+
+class QueryCounter:
+    """Counts the SQL statements the store runs inside a `with` block."""
+
+    def __init__(self, session):
+        self.engine = session.get_bind()
+        self.n = 0
+
+    def _count(self, *args, **kwargs):
+        self.n += 1
+
+    def __enter__(self):
+        event.listen(self.engine, "before_cursor_execute", self._count)
+        return self
+
+    def __exit__(self, *exc):
+        event.remove(self.engine, "before_cursor_execute", self._count)
+
+
+# ---------------------------------------------------------------------------------------------
+# Edit, regenerate, siblings, switch.
+
+
+def test_edit_makes_a_sibling_question_and_moves_the_head(session):
+    ws, t = new_thread(session)
+    a1 = ask(session, t.id, "Q1")
+    a2 = ask(session, t.id, "Q2")
+    q2 = session.get(Message, a2.parent_id)
+    assert (q2.thread_id, a2.thread_id) == (t.id, t.id)  # every new message names its thread
+
+    seen: list = []
+    edit = runs.edit_question(session=session, thread_id=t.id, message_id=q2.id, content="  Q2, but for 2024  ")
+    new_q = session.get(Message, edit.user_message_id)
+    assert (new_q.parent_id, new_q.thread_id, new_q.content) == (a1.id, t.id, "Q2, but for 2024")
+    assert head(session, t.id) == new_q.id  # the head moved before the run started
+    reply = run(edit, "A to the edit", seen)
+    assert reply.parent_id == new_q.id and reply.thread_id == t.id
+    assert path(session, t.id) == ["Q1", "A to Q1", "Q2, but for 2024", "A to the edit"]
+    assert prompts_seen(seen[0]) == ["Q1", "Q2, but for 2024"]  # the old branch is not in the history
+    # The old branch is kept whole.
+    assert session.get(Message, q2.id) is not None and session.get(Message, a2.id) is not None
+
+    # Editing the first question makes a new root.
+    edit = runs.edit_question(session=session, thread_id=t.id, message_id=a1.parent_id, content="Q1 again")
+    reply = run(edit, "fresh")
+    assert path(session, t.id) == ["Q1 again", "fresh"]
+    root = session.get(Message, edit.user_message_id)
+    assert root.parent_id is None
+    sib = threads_svc.siblings(session=session, thread_id=t.id, message_ids=[root.id, reply.id])
+    assert (sib[root.id].ids, sib[root.id].index, sib[root.id].count) == ((a1.parent_id, root.id), 1, 2)
+    assert sib[reply.id].count == 1
+
+
+def test_edit_and_regenerate_refuse_what_they_must(session):
+    ws, t = new_thread(session)
+    a1 = ask(session, t.id, "Q1")
+    with pytest.raises(InvalidInput):
+        runs.edit_question(session=session, thread_id=t.id, message_id=a1.parent_id, content="   ")
+    with pytest.raises(InvalidInput):
+        runs.edit_question(session=session, thread_id=t.id, message_id=a1.parent_id, content="x" * (turns.MAX_PROMPT_CHARS + 1))
+    with pytest.raises(NotFound):  # an answer is not a question
+        runs.edit_question(session=session, thread_id=t.id, message_id=a1.id, content="Q")
+    with pytest.raises(NotFound):  # a question is not an answer
+        runs.regenerate(session=session, thread_id=t.id, message_id=a1.parent_id)
+    other = threads_svc.create_thread(session=session, workspace_id=ws.id)
+    with pytest.raises(NotFound):  # not on that thread's path
+        runs.edit_question(session=session, thread_id=other.id, message_id=a1.parent_id, content="Q")
+    with pytest.raises(NotFound):
+        runs.regenerate(session=session, thread_id=other.id, message_id=a1.id)
+    queued = runs.regenerate(session=session, thread_id=t.id, message_id=a1.id)
+    with pytest.raises(Conflict):  # one run at a time
+        runs.edit_question(session=session, thread_id=t.id, message_id=a1.parent_id, content="Q")
+    with pytest.raises(Conflict):
+        runs.regenerate(session=session, thread_id=t.id, message_id=a1.id)
+    with pytest.raises(Conflict):
+        threads_svc.switch_branch(session=session, thread_id=t.id, message_id=a1.id)
+    assert count(session, Message) == 2  # nothing refused left a message behind
+    run(queued, "again")
+
+
+def test_regenerate_adds_a_sibling_answer(session):
+    ws, t = new_thread(session)
+    a1 = ask(session, t.id, "Q1", "first")
+    r = runs.regenerate(session=session, thread_id=t.id, message_id=a1.id)
+    assert r.user_message_id == a1.parent_id and head(session, t.id) == a1.id
+    seen: list = []
+    b1 = run(r, "second", seen)
+    assert b1.parent_id == a1.parent_id and b1.thread_id == t.id
+    assert head(session, t.id) == b1.id  # the head compare-and-set moved from the old answer
+    assert path(session, t.id) == ["Q1", "second"]
+    assert prompts_seen(seen[0]) == ["Q1"]
+    sib = threads_svc.siblings(session=session, thread_id=t.id, message_ids=[a1.parent_id, b1.id])
+    assert sib[b1.id].ids == (a1.id, b1.id) and sib[b1.id].index == 1
+    assert sib[a1.parent_id].count == 1
+
+    # Regenerating a past answer: the path below it stays on the old branch.
+    ask(session, t.id, "Q2", "two")
+    r = runs.regenerate(session=session, thread_id=t.id, message_id=b1.id)
+    assert path(session, t.id) == ["Q1", "second"]  # cut below the answer while the new one runs
+    c1 = run(r, "third")
+    assert path(session, t.id) == ["Q1", "third"]
+    assert threads_svc.siblings(session=session, thread_id=t.id, message_ids=[c1.id])[c1.id].ids == (a1.id, b1.id, c1.id)
+    # Back to the second answer: its branch still has Q2 and its answer.
+    threads_svc.switch_branch(session=session, thread_id=t.id, message_id=b1.id)
+    assert path(session, t.id) == ["Q1", "second", "Q2", "two"]
+
+
+def test_sibling_counts_and_order_in_two_queries(session):
+    ws, t = new_thread(session)
+    a1 = ask(session, t.id, "Q1")
+    a2 = ask(session, t.id, "Q2")
+    edits = []
+    for text in ("Q2 b", "Q2 c"):
+        current = threads_svc.conversation(session=session, thread_id=t.id)[2].id  # edit the question shown
+        r = runs.edit_question(session=session, thread_id=t.id, message_id=current, content=text)
+        run(r, f"A to {text}")
+        edits.append(r.user_message_id)
+    conv = threads_svc.conversation(session=session, thread_id=t.id)
+    ids = [m.id for m in conv]
+    with QueryCounter(session) as qc:
+        sib = threads_svc.siblings(session=session, thread_id=t.id, message_ids=ids)
+    assert qc.n <= 2
+    q2s = (a2.parent_id, *edits)
+    assert sib[edits[-1]] == threads_svc.Siblings(q2s, 2, 3)  # ‹3/3›, oldest first
+    assert [sib[i].count for i in ids] == [1, 1, 3, 1]
+    # Each branch lists the same siblings, its own position marked.
+    for pos, qid in enumerate(q2s):
+        threads_svc.switch_branch(session=session, thread_id=t.id, message_id=qid)
+        here = threads_svc.siblings(session=session, thread_id=t.id, message_ids=[qid])[qid]
+        assert (here.ids, here.index, here.count) == (q2s, pos, 3)
+        assert path(session, t.id)[2:] == [session.get(Message, qid).content, f"A to {session.get(Message, qid).content}"]
+    assert threads_svc.siblings(session=session, thread_id=t.id, message_ids=[]) == {}
+    assert a1.id in threads_svc.siblings(session=session, thread_id=t.id, message_ids=[a1.id, 10**9])
+
+
+def test_switch_restores_the_exact_history_and_runs_nothing(session):
+    ws, t = new_thread(session)
+    ask(session, t.id, "Q1", "one")
+    a2 = ask(session, t.id, "Q2", "two", )
+    a3 = ask(session, t.id, "Q3", "three")
+    r = runs.edit_question(session=session, thread_id=t.id, message_id=a2.parent_id, content="Q2 other")
+    other = run(r, "two other")
+    ask(session, t.id, "Q3 other", "three other")
+    exact_before = ModelMessagesTypeAdapter.dump_python(turns.model_history(session=session, message_id=a3.id), mode="json")
+
+    runs_before, messages_before = count(session, Run), count(session, Message)
+    thread = threads_svc.switch_branch(session=session, thread_id=t.id, message_id=a2.parent_id)
+    assert thread.head_message_id == a3.id  # the branch's most recent leaf
+    assert (count(session, Run), count(session, Message)) == (runs_before, messages_before)  # nothing ran
+    assert path(session, t.id) == ["Q1", "one", "Q2", "two", "Q3", "three"]
+
+    seen: list = []
+    ask(session, t.id, "Q4", "four", seen)
+    sent = seen[0]
+    assert prompts_seen(sent) == ["Q1", "Q2", "Q3", "Q4"]
+    assert same_history(sent, exact_before)
+
+    # And back: the other branch's leaf, with its own history.
+    threads_svc.switch_branch(session=session, thread_id=t.id, message_id=other.parent_id)
+    assert path(session, t.id) == ["Q1", "one", "Q2 other", "two other", "Q3 other", "three other"]
+    seen.clear()
+    ask(session, t.id, "Q5", "five", seen)
+    assert prompts_seen(seen[0]) == ["Q1", "Q2 other", "Q3 other", "Q5"]
+    # A message of another thread is not a branch here.
+    t2 = threads_svc.create_thread(session=session, workspace_id=ws.id)
+    with pytest.raises(NotFound):
+        threads_svc.switch_branch(session=session, thread_id=t2.id, message_id=a2.id)
+
+
+def test_branches_are_isolated_between_a_thread_and_its_fork(session):
+    ws, s = new_thread(session, "Source")
+    a1 = ask(session, s.id, "Q1")
+    a2 = ask(session, s.id, "Q2")
+    fork = threads_svc.fork_thread(session=session, thread_id=s.id, message_id=a2.id)
+    # The fork edits Q2 and regenerates; the source edits Q2 too.
+    run(runs.edit_question(session=session, thread_id=fork.id, message_id=a2.parent_id, content="Q2 in fork"), "fork answer")
+    run(runs.edit_question(session=session, thread_id=s.id, message_id=a2.parent_id, content="Q2 in source"), "source answer")
+    fork_q = threads_svc.conversation(session=session, thread_id=fork.id)[2]
+    source_q = threads_svc.conversation(session=session, thread_id=s.id)[2]
+    in_source = threads_svc.siblings(session=session, thread_id=s.id, message_ids=[a2.parent_id, source_q.id])
+    in_fork = threads_svc.siblings(session=session, thread_id=fork.id, message_ids=[a2.parent_id, fork_q.id])
+    assert in_source[source_q.id].ids == (a2.parent_id, source_q.id)  # the fork's edit is not a branch of the source
+    assert in_fork[fork_q.id].ids == (fork_q.id,) and in_fork[a2.parent_id].ids == (a2.parent_id, fork_q.id)
+    assert fork_q.id not in in_source[a2.parent_id].ids and source_q.id not in in_fork[a2.parent_id].ids
+    with pytest.raises(NotFound):  # and can't be switched to from the other thread
+        threads_svc.switch_branch(session=session, thread_id=s.id, message_id=fork_q.id)
+    with pytest.raises(NotFound):
+        threads_svc.switch_branch(session=session, thread_id=fork.id, message_id=source_q.id)
+    # Switching the source to its first branch never picks up the fork's messages.
+    threads_svc.switch_branch(session=session, thread_id=s.id, message_id=a2.parent_id)
+    assert path(session, s.id) == ["Q1", "A to Q1", "Q2", "A to Q2"]
+    assert path(session, fork.id) == ["Q1", "A to Q1", "Q2 in fork", "fork answer"]
+    # The fork's inherited messages (written in the source) keep the fork's own head when picked.
+    threads_svc.switch_branch(session=session, thread_id=fork.id, message_id=a1.id)
+    assert path(session, fork.id) == ["Q1", "A to Q1", "Q2 in fork", "fork answer"]
