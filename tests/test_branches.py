@@ -265,3 +265,158 @@ def test_branches_are_isolated_between_a_thread_and_its_fork(session):
     # The fork's inherited messages (written in the source) keep the fork's own head when picked.
     threads_svc.switch_branch(session=session, thread_id=fork.id, message_id=a1.id)
     assert path(session, fork.id) == ["Q1", "A to Q1", "Q2 in fork", "fork answer"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Deleting: a branch, and a whole thread, keep every other branch whole.
+
+
+def result_dir(session, message_id: int):
+    from cfo_desk.services import artifacts as artifacts_svc
+    from cfo_desk.storage.files import workspace_dir
+
+    (art,) = artifacts_svc.artifacts_by_message(session=session, message_ids=[message_id])[message_id]
+    ws = ws_svc.get_workspace(session=session, workspace_id=art.workspace_id)
+    return workspace_dir(ws.key) / art.file_path
+
+
+def test_delete_a_branch_keeps_every_other_branch(session):
+    ws, t = new_thread(session)
+    ask(session, t.id, "Q1", "one")
+    a2 = ask(session, t.id, "Q2", "two")
+    a3 = ask(session, t.id, "Q3", "three")
+    b = runs.edit_question(session=session, thread_id=t.id, message_id=a2.parent_id, content="Q2 b")
+    b2 = run(b, "two b")
+    b3 = ask(session, t.id, "Q3 b", "three b")
+    c = runs.edit_question(session=session, thread_id=t.id, message_id=b.user_message_id, content="Q2 c")
+    c2 = run(c, "two c")
+    b, c = b.user_message_id, c.user_message_id  # the questions (a run's user_message_id is nulled with its message)
+    files_b = result_dir(session, b2.id), result_dir(session, b3.id)
+    history_a = turns.model_history(session=session, message_id=a3.id)
+    history_c = turns.model_history(session=session, message_id=c2.id)
+
+    threads_svc.switch_branch(session=session, thread_id=t.id, message_id=b)
+    gone = threads_svc.delete_branch(session=session, thread_id=t.id, message_id=b)
+    assert gone.deleted_ids == sorted([b, b2.id, b3.parent_id, b3.id]) and gone.kept_ids == []
+    assert all(session.get(Message, i) is None for i in gone.deleted_ids)
+    assert not any(f.exists() for f in files_b)
+    # The head was inside: it moved to the parent's newest remaining leaf (branch c).
+    assert gone.thread.head_message_id == c2.id
+    assert path(session, t.id) == ["Q1", "one", "Q2 c", "two c"]
+    sib = threads_svc.siblings(session=session, thread_id=t.id, message_ids=[c])[c]
+    assert sib.ids == (a2.parent_id, c)
+    # The other branches are whole, history and result files included.
+    assert turns.model_history(session=session, message_id=a3.id) == history_a
+    assert turns.model_history(session=session, message_id=c2.id) == history_c
+    assert result_dir(session, a3.id).exists() and result_dir(session, c2.id).exists()
+    threads_svc.switch_branch(session=session, thread_id=t.id, message_id=a2.parent_id)
+    assert path(session, t.id) == ["Q1", "one", "Q2", "two", "Q3", "three"]
+
+    # Deleting a branch the head is not in leaves the head alone.
+    gone = threads_svc.delete_branch(session=session, thread_id=t.id, message_id=c)
+    assert gone.thread.head_message_id == a3.id and path(session, t.id)[-1] == "three"
+    # Deleting the last answer: the head moves up to its question.
+    gone = threads_svc.delete_branch(session=session, thread_id=t.id, message_id=a3.id)
+    assert gone.thread.head_message_id == a3.parent_id
+    with pytest.raises(NotFound):  # gone
+        threads_svc.delete_branch(session=session, thread_id=t.id, message_id=a3.id)
+
+
+def test_delete_a_branch_keeps_what_a_fork_uses(session):
+    ws, t = new_thread(session)
+    a1 = ask(session, t.id, "Q1", "one")
+    run(runs.regenerate(session=session, thread_id=t.id, message_id=a1.id), "one b")
+    b1 = threads_svc.get_thread(session=session, thread_id=t.id).head_message_id
+    b2 = ask(session, t.id, "Q2 b", "two b")
+    b3 = ask(session, t.id, "Q3 b", "three b")
+    fork = threads_svc.fork_thread(session=session, thread_id=t.id, message_id=b2.id)  # the fork's head is inside the branch
+    other = threads_svc.create_thread(session=session, workspace_id=ws.id)
+    with pytest.raises(NotFound):  # not a branch of that thread
+        threads_svc.delete_branch(session=session, thread_id=other.id, message_id=b1)
+    with pytest.raises(NotFound):  # the fork did not write it
+        threads_svc.delete_branch(session=session, thread_id=fork.id, message_id=b1)
+
+    gone = threads_svc.delete_branch(session=session, thread_id=t.id, message_id=b1)
+    assert gone.kept_ids == sorted([b1, b2.parent_id, b2.id])  # the fork's path
+    assert gone.deleted_ids == sorted([b3.parent_id, b3.id])
+    assert gone.thread.head_message_id == a1.id  # the remaining branch
+    assert path(session, fork.id) == ["Q1", "one b", "Q2 b", "two b"]
+    assert result_dir(session, b2.id).exists()
+
+    # Another fork wrote a branch below this thread's messages, then moved its head elsewhere (it
+    # edited the first question): no head reaches its branch, but the fork still exists, so the
+    # messages it hangs from stay.
+    a2 = ask(session, t.id, "Q2 a", "two a")
+    fork2 = threads_svc.fork_thread(session=session, thread_id=t.id, message_id=a2.id)
+    f3 = ask(session, fork2.id, "Q3 in fork", "fork three")
+    run(runs.edit_question(session=session, thread_id=fork2.id, message_id=a1.parent_id, content="Q1 in fork"), "fork one")
+    gone = threads_svc.delete_branch(session=session, thread_id=t.id, message_id=a1.id)
+    assert gone.kept_ids == sorted([a1.id, a2.parent_id, a2.id]) and gone.deleted_ids == []
+    assert gone.thread.head_message_id == b2.id  # the newest remaining leaf under Q1
+    threads_svc.switch_branch(session=session, thread_id=fork2.id, message_id=f3.parent_id)
+    assert path(session, fork2.id) == ["Q1", "one", "Q2 a", "two a", "Q3 in fork", "fork three"]
+    assert result_dir(session, f3.id).exists()
+    # A branch of the fork's own is the fork's to delete; the source's messages stay.
+    gone = threads_svc.delete_branch(session=session, thread_id=fork2.id, message_id=f3.parent_id)
+    assert gone.deleted_ids == sorted([f3.parent_id, f3.id]) and gone.thread.head_message_id == a2.id
+
+
+def test_delete_a_branch_keeps_result_files_a_kept_message_uses(session):
+    """A chart keeps the Parquet file of the result it draws, which may lie in an earlier run's
+    folder on the path that stays: deleting the chart's branch must not remove that folder."""
+    from cfo_desk.storage.models import Artifact
+
+    ws, t = new_thread(session)
+    a1 = ask(session, t.id, "Q1", "one")
+    a2 = ask(session, t.id, "Q2 chart it", "chart")
+    q1_file = result_dir(session, a1.id)
+    rel = q1_file.relative_to(q1_file.parents[2]).as_posix()
+    session.add(Artifact(workspace_id=ws.id, message_id=a2.id, kind="chart", handle="c1", title="c", file_path=rel, spec={}))
+    session.commit()
+    gone = threads_svc.delete_branch(session=session, thread_id=t.id, message_id=a2.parent_id)
+    assert a2.id in gone.deleted_ids
+    assert q1_file.exists()  # the earlier result the chart drew stays with its message
+
+
+def test_delete_a_first_question_with_no_other_branch_empties_the_thread(session):
+    ws, t = new_thread(session)
+    a1 = ask(session, t.id, "Q1", "one")
+    gone = threads_svc.delete_branch(session=session, thread_id=t.id, message_id=a1.parent_id)
+    assert gone.thread.head_message_id is None and path(session, t.id) == []
+    assert count(session, Message) == 0
+    # A first question edited: deleting one root leaves the other.
+    a1 = ask(session, t.id, "Q1", "one")
+    b = runs.edit_question(session=session, thread_id=t.id, message_id=a1.parent_id, content="Q1 b")
+    b1 = run(b, "one b")
+    gone = threads_svc.delete_branch(session=session, thread_id=t.id, message_id=a1.parent_id)
+    assert gone.thread.head_message_id == b1.id
+    gone = threads_svc.delete_branch(session=session, thread_id=t.id, message_id=b1.parent_id)
+    assert gone.thread.head_message_id is None
+
+
+def test_delete_thread_keeps_the_branches_of_other_threads(session):
+    ws, t = new_thread(session)
+    a1 = ask(session, t.id, "Q1", "one")
+    a2 = ask(session, t.id, "Q2", "two")
+    b = runs.edit_question(session=session, thread_id=t.id, message_id=a2.parent_id, content="Q2 b")
+    b2 = run(b, "two b")  # t's head is now branch b; branch a (Q2, two) is reached by no head
+    u = threads_svc.create_thread(session=session, workspace_id=ws.id, title="U")
+    u1 = ask(session, u.id, "U1", "u one")
+    fork = threads_svc.fork_thread(session=session, thread_id=u.id, message_id=u1.id)
+    ub = run(runs.regenerate(session=session, thread_id=u.id, message_id=u1.id), "u one b")  # u1: only the fork's head reaches it
+    doomed = threads_svc.create_thread(session=session, workspace_id=ws.id, title="Doomed")
+    d1 = ask(session, doomed.id, "D1", "d one")
+    run(runs.regenerate(session=session, thread_id=doomed.id, message_id=d1.id), "d one b")
+
+    threads_svc.delete_thread(session=session, thread_id=doomed.id)
+    for kept in (a2.parent_id, a2.id, b2.id, u1.id, a1.id):
+        assert session.get(Message, kept) is not None, kept
+    assert result_dir(session, a2.id).exists()
+    assert session.get(Message, d1.id) is None and session.get(Message, d1.parent_id) is None
+    threads_svc.switch_branch(session=session, thread_id=t.id, message_id=a2.parent_id)
+    assert path(session, t.id) == ["Q1", "one", "Q2", "two"]
+    # Deleting U keeps what its fork's head reaches, and drops U's other branch.
+    threads_svc.delete_thread(session=session, thread_id=u.id)
+    assert path(session, fork.id) == ["U1", "u one"]
+    assert session.get(Message, ub.id) is None
+    assert count(session, Message) == 2 + 4 + 2  # t's two branches + the fork's path

@@ -26,8 +26,10 @@ __all__ = [  # Message, MessageStatus, Role, Thread, utcnow are re-exported for 
     "Message",
     "MessageStatus",
     "Role",
+    "BranchDeletion",
     "Siblings",
     "Thread",
+    "delete_branch",
     "is_on_path",
     "newest_leaf",
     "siblings",
@@ -146,32 +148,59 @@ def fork_thread(*, session: Session, thread_id: int, message_id: int, title: str
 
 
 def delete_thread(*, session: Session, thread_id: int) -> None:
-    """Delete a thread, then the messages (and artifact files) no other thread's path reaches.
+    """Delete a thread, then the messages (and artifact files) nothing keeps any more.
 
-    Forks keep their own path: shared ancestors stay as long as any thread reaches them.
+    A message is kept while the thread that wrote it exists (so every branch of every other
+    thread stays) or while any thread's head reaches it (a fork keeps its whole path, whoever
+    wrote it); the ancestors of a kept message are kept too.
     """
     thread = get_thread(session=session, thread_id=thread_id)
     ws = session.get(Workspace, thread.workspace_id)
     session.delete(thread)
     session.flush()
     orphans = _unreachable_message_ids(session=session, workspace_id=thread.workspace_id)
-    run_dirs: set[str] = set()
-    if orphans:
-        for art in session.exec(select(Artifact).where(Artifact.message_id.in_(orphans))):
-            run_dirs.add(art.file_path.rsplit("/", 1)[0])
-        session.execute(delete(Artifact).where(Artifact.message_id.in_(orphans)))
-        session.execute(delete(Message).where(Message.id.in_(orphans)))
+    run_dirs = _delete_messages(session, ws.id, orphans)
     session.commit()
-    for rel in run_dirs:  # files go only after the rows are gone for good
+    _remove_unused_dirs(session, ws, run_dirs)
+
+
+def _delete_messages(session: Session, workspace_id: int, ids: list[int]) -> set[str]:
+    """Delete these messages and their artifacts (no commit); returns the run folders their
+    artifacts' files lie in (candidates for removal once the rows are gone for good)."""
+    run_dirs: set[str] = set()
+    for i in range(0, len(ids), _CHUNK):
+        chunk = ids[i : i + _CHUNK]
+        for (file_path,) in session.execute(sa_select(Artifact.file_path).where(Artifact.message_id.in_(chunk))).all():
+            run_dirs.add(file_path.rsplit("/", 1)[0])
+        session.execute(delete(Artifact).where(Artifact.message_id.in_(chunk)))
+    for i in range(0, len(ids), _CHUNK):  # children may sit in another chunk: artifacts first, then messages
+        session.execute(delete(Message).where(Message.id.in_(ids[i : i + _CHUNK])))
+    return run_dirs
+
+
+def _remove_unused_dirs(session: Session, ws: Workspace, run_dirs: set[str]) -> None:
+    """Remove the run folders no remaining artifact uses (a chart keeps the file of the result it
+    draws, which may lie in an earlier run's folder on a path that stays)."""
+    if not run_dirs:
+        return
+    used = {fp.rsplit("/", 1)[0] for (fp,) in session.execute(sa_select(Artifact.file_path).where(Artifact.workspace_id == ws.id)).all()}
+    session.rollback()
+    for rel in run_dirs - used:
         remove_tree(workspace_dir(ws.key) / rel)
 
 
+_CHUNK = 5_000  # ids per IN (...) list: well under SQLite's and PostgreSQL's bound-parameter limits
+
+
 def _unreachable_message_ids(*, session: Session, workspace_id: int) -> list[int]:
-    """Messages of the workspace that lie on no thread's path (one recursive query)."""
-    heads = sa_select(Thread.head_message_id.label("id")).where(
-        Thread.workspace_id == workspace_id, Thread.head_message_id.is_not(None)
+    """Messages of the workspace that nothing keeps (one recursive query): kept are the messages
+    written by a thread that still exists, the heads of the threads, and every ancestor of those."""
+    live = sa_select(Thread.id).where(Thread.workspace_id == workspace_id)
+    heads = sa_select(Thread.head_message_id).where(Thread.workspace_id == workspace_id, Thread.head_message_id.is_not(None))
+    seeds = sa_select(Message.id.label("id")).where(
+        Message.workspace_id == workspace_id, Message.thread_id.in_(live) | Message.id.in_(heads)
     )
-    reach = heads.cte("reach", recursive=True)
+    reach = seeds.cte("reach", recursive=True)
     step = sa_select(Message.parent_id.label("id")).join(reach, Message.id == reach.c.id).where(Message.parent_id.is_not(None))
     reach = reach.union(step)
     stmt = sa_select(Message.id).where(Message.workspace_id == workspace_id, Message.id.not_in(sa_select(reach.c.id)))
@@ -302,3 +331,68 @@ def switch_branch(*, session: Session, thread_id: int, message_id: int) -> Threa
     session.commit()
     session.refresh(thread)
     return thread
+
+
+@dataclass(frozen=True)
+class BranchDeletion:
+    """What `delete_branch` did: the thread (its head moved when it was inside the branch), the
+    ids of the messages removed, and the ids kept because another thread still uses them (a fork's
+    head reaches them, or another thread wrote messages below them)."""
+
+    thread: Thread
+    deleted_ids: list[int]
+    kept_ids: list[int]
+
+
+def delete_branch(*, session: Session, thread_id: int, message_id: int) -> BranchDeletion:
+    """Delete a branch of the thread: `message_id` (written in this thread) and its descendants
+    written in this thread, with their artifacts and result files. Every other branch stays whole,
+    and so does anything another thread uses: a message reached by another thread's head (a fork)
+    or with another thread's messages below it is kept, with its ancestors. When the head was
+    inside the branch it moves to the newest remaining leaf under the branch's parent (the parent
+    itself when none; for a first question with no other branch, the thread becomes empty).
+
+    One recursive query for the subtree (O(its size)), one for the parent's. Raises NotFound
+    (message gone or not written in this thread), Conflict while a run of the thread is open."""
+    thread = get_thread(session=session, thread_id=thread_id)
+    msg = session.get(Message, message_id)
+    if msg is None or msg.workspace_id != thread.workspace_id or msg.thread_id != thread.id:
+        raise NotFound("That message is not a branch of this thread.")
+    if _open_run(session, thread.id):
+        raise Conflict(RUN_OPEN)
+    rows = _subtree(session, message_id)
+    parent_of = {i: p for i, p, _ in rows}
+    other_heads = set(
+        session.execute(
+            sa_select(Thread.head_message_id).where(
+                Thread.workspace_id == thread.workspace_id, Thread.id != thread.id, Thread.head_message_id.is_not(None)
+            )
+        ).scalars()
+    )
+    protected: set[int] = set()
+    for i, _, t in rows:
+        node = i if (t != thread.id or i in other_heads) else None
+        while node is not None and node not in protected:  # the seed and its ancestors inside the branch
+            protected.add(node)
+            node = parent_of.get(node)
+    doomed = sorted(i for i, _, t in rows if t == thread.id and i not in protected)
+    kept = sorted(i for i, _, t in rows if t == thread.id and i in protected)
+    subtree = set(parent_of)
+    if thread.head_message_id in subtree:
+        if msg.parent_id is not None:
+            around = [r for r in _subtree(session, msg.parent_id) if r[0] != msg.parent_id]
+            new_head = _newest_leaf_in(around, thread.id, exclude=subtree)
+            new_head = msg.parent_id if new_head is None else new_head
+        else:
+            mine = [tuple(r) for r in session.execute(
+                sa_select(Message.id, Message.parent_id, Message.thread_id).where(Message.thread_id == thread.id)
+            ).all()]
+            new_head = _newest_leaf_in(mine, thread.id, exclude=subtree)
+        touch_thread(session=session, thread=thread, head_message_id=new_head)
+        session.flush()
+    ws = session.get(Workspace, thread.workspace_id)
+    run_dirs = _delete_messages(session, ws.id, doomed)
+    session.commit()
+    _remove_unused_dirs(session, ws, run_dirs)
+    thread = get_thread(session=session, thread_id=thread.id)
+    return BranchDeletion(thread, doomed, kept)
