@@ -51,16 +51,19 @@ def render() -> None:
         # in `messages`), never as a question without an answer and without a run.
         live = runs.open_runs(session=session, thread_id=thread.id) if thread else []
         messages = threads_svc.conversation(session=session, thread_id=thread.id) if thread else []
-        arts = artifacts_svc.artifacts_by_message(session=session, message_ids=[m.id for m in messages])
-        ended = runs.runs_by_reply(session=session, message_ids=[m.id for m in messages if not MessageStatus(m.status).answered])
         # Read after `messages`: a queued run that started in between has committed its question,
         # which the live view draws (else the question showed twice, seen in chromium).
         live_questions = runs.question_ids(session=session, run_ids=[r.id for r in live])
+        # From the first question a run is working on, the live view draws the thread (a Retry's
+        # question and not its old failed reply; a started question and its progress).
+        cut = next((i for i, m in enumerate(messages) if m.id in live_questions), len(messages))
+        # A long thread draws its last messages only (bounded work per rerun); "Show earlier" adds more.
+        shown_from = max(0, cut - st.session_state.get(_shown_key(thread), SHOW_LAST_MESSAGES)) if thread else 0
+        visible = messages[shown_from:cut]
+        arts = artifacts_svc.artifacts_by_message(session=session, message_ids=[m.id for m in visible])
+        ended = runs.runs_by_reply(session=session, message_ids=[m.id for m in visible if not MessageStatus(m.status).answered])
         glossary = glossary_svc.current_glossary(session=session, workspace_id=ws_id) if thread else None
     frames = results.previews(a for items in arts.values() for a in items if a.kind == "query_result")
-    # From the first question a run is working on, the live view draws the thread (a Retry's
-    # question and not its old failed reply; a started question and its progress).
-    cut = next((i for i, m in enumerate(messages) if m.id in live_questions), len(messages))
 
     if thread is None:
         st.title("New thread")
@@ -80,7 +83,13 @@ def render() -> None:
 
     path_results = {a.handle: a for items in arts.values() for a in items if a.kind == "query_result"}
     by_id = {m.id: m for m in messages}
-    for msg in messages[:cut]:
+    if shown_from > 0:
+        more = min(shown_from, SHOW_LAST_MESSAGES)
+        st.caption(f"{shown_from:,} earlier message(s) of this thread are not shown.")
+        if st.button(f"Show {more:,} earlier message(s)", key=f"show_earlier_{thread.id}", icon=":material/expand_less:"):
+            st.session_state[_shown_key(thread)] = st.session_state.get(_shown_key(thread), SHOW_LAST_MESSAGES) + SHOW_LAST_MESSAGES
+            st.rerun()
+    for msg in visible:
         _message(
             msg,
             thread.id,
@@ -131,6 +140,13 @@ def render() -> None:
 
 
 COMPOSER = "composer"
+SHOW_LAST_MESSAGES = 40
+"""Messages of a thread drawn at first (20 turns); "Show earlier" adds as many again."""
+
+
+def _shown_key(thread) -> str:
+    return f"_shown_messages_{thread.id}"
+
 LIVE_REFRESH_S = 1.0  # how often an open run's progress is re-read while the page shows it
 
 
