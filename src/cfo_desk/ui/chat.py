@@ -63,6 +63,7 @@ def render() -> None:
         arts = artifacts_svc.artifacts_by_message(session=session, message_ids=[m.id for m in visible])
         ended = runs.runs_by_reply(session=session, message_ids=[m.id for m in visible if not MessageStatus(m.status).answered])
         glossary = glossary_svc.current_glossary(session=session, workspace_id=ws_id) if thread else None
+        branches = threads_svc.siblings(session=session, thread_id=thread.id, message_ids=[m.id for m in visible]) if thread else {}
     frames = results.previews(a for items in arts.values() for a in items if a.kind == "query_result")
 
     if thread is None:
@@ -99,6 +100,8 @@ def render() -> None:
             can_ask=not problem,
             run=ended.get(msg.id),
             path_results=path_results,
+            branches=branches.get(msg.id),
+            can_branch=not problem and not live,
         )
         asked = by_id.get(msg.parent_id)
         if msg.role == Role.user and asked is not None and asked.status == MessageStatus.clarification and (asked.output or {}).get("term"):
@@ -319,13 +322,18 @@ def _message(
     can_ask: bool,
     run: Run | None = None,
     path_results: dict[str, Artifact] | None = None,
+    branches: threads_svc.Siblings | None = None,
+    can_branch: bool = False,
 ) -> None:
     """One message of the conversation. `path_results` maps handles of the path's results to
-    their artifacts (a key figure may cite an earlier turn's result)."""
+    their artifacts (a key figure may cite an earlier turn's result); `branches` are its siblings
+    in this thread (‹n/m›); `can_branch` allows Edit and Regenerate (no run open, a model set)."""
     path_results = path_results or {a.handle: a for a in arts if a.kind == "query_result"}
     role = "user" if msg.role == Role.user else "assistant"
     with st.chat_message(role):
-        if msg.role == Role.user:
+        if msg.role == Role.user and st.session_state.get(_EDITING) == msg.id:
+            _edit_box(msg, thread_id)
+        elif msg.role == Role.user:
             st.markdown(safe_markdown(msg.content))  # may be a clarification option the model wrote
         elif not MessageStatus(msg.status).answered:
             _unanswered_reply(msg, run)
@@ -344,7 +352,7 @@ def _message(
             st.caption("Pick an answer" + (" above" if is_head and options else "") + ", or reply in the box below.")
         else:
             _answer(msg, arts, frames, path_results)
-        _message_footer(msg, thread_id)
+        _message_footer(msg, thread_id, branches, can_branch=can_branch)
 
 
 _ENDED = {
@@ -488,9 +496,65 @@ def _result(art: Artifact, preview: results.Preview) -> None:
             )
 
 
-def _message_footer(msg: Message, thread_id: int) -> None:
+_EDITING = "_editing_message"  # session_state: id of the question whose edit box is open
+
+
+def _edit_box(msg: Message, thread_id: int) -> None:
+    """Edit a past question and resend it: a new branch from the same place; the old one stays."""
+    text = st.text_area("Edit the question", value=msg.content, key=f"edit_text_{msg.id}", label_visibility="collapsed")
+    row = st.container(horizontal=True)
+    if row.button("Send as a new branch", key=f"edit_send_{msg.id}", icon=":material/send:", type="primary"):
+        try:
+            with open_session() as session:
+                runs.edit_question(session=session, thread_id=thread_id, message_id=msg.id, content=text)
+        except ServiceError as exc:
+            state.flash(safe_label(str(exc)), "error")
+        else:
+            st.session_state.pop(_EDITING, None)
+            worker.wake_worker()
+        st.rerun()
+    if row.button("Cancel", key=f"edit_cancel_{msg.id}", type="tertiary"):
+        st.session_state.pop(_EDITING, None)
+        st.rerun()
+
+
+def _switch(thread_id: int, message_id: int) -> None:
+    with open_session() as session:
+        threads_svc.switch_branch(session=session, thread_id=thread_id, message_id=message_id)
+    st.rerun()
+
+
+def _branch_nav(row, msg: Message, thread_id: int, branches: threads_svc.Siblings) -> None:
+    """‹ n/m ›: step to the previous or next branch at this message (its siblings written in this
+    thread); the head moves to that branch's newest answer. Nothing runs."""
+    i, n = branches.index, branches.count
+    if row.button("‹", key=f"branch_prev_{msg.id}", type="tertiary", disabled=i == 0, help="Previous branch"):
+        _switch(thread_id, branches.ids[i - 1])
+    row.caption(f"{i + 1}/{n}", width="content")
+    if row.button("›", key=f"branch_next_{msg.id}", type="tertiary", disabled=i == n - 1, help="Next branch"):
+        _switch(thread_id, branches.ids[i + 1])
+
+
+def _message_footer(msg: Message, thread_id: int, branches: threads_svc.Siblings | None = None, *, can_branch: bool = False) -> None:
     # One horizontal container (one block), not st.columns (three): drawn for every message.
     row = st.container(horizontal=True, vertical_alignment="center", gap="medium")
+    if branches is not None and branches.count > 1:
+        _branch_nav(row, msg, thread_id, branches)
+    if msg.role == Role.user and st.session_state.get(_EDITING) != msg.id:
+        if row.button("Edit", key=f"edit_{msg.id}", icon=":material/edit:", type="tertiary", disabled=not can_branch,
+                      help="Change this question and send it as a new branch; this branch stays"):
+            st.session_state[_EDITING] = msg.id
+            st.rerun()
+    if msg.role == Role.assistant and MessageStatus(msg.status).answered:
+        if row.button("Regenerate", key=f"regen_{msg.id}", icon=":material/autorenew:", type="tertiary", disabled=not can_branch,
+                      help="Answer this question again as a new branch; this answer stays"):
+            try:
+                with open_session() as session:
+                    runs.regenerate(session=session, thread_id=thread_id, message_id=msg.id)
+            except ServiceError as exc:
+                state.flash(safe_label(str(exc)), "error")
+            worker.wake_worker()
+            st.rerun()
     if row.button("Fork from here", key=f"fork_{msg.id}", icon=":material/call_split:", type="tertiary"):
         with open_session() as session:
             fork = threads_svc.fork_thread(session=session, thread_id=thread_id, message_id=msg.id)
