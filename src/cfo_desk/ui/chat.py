@@ -47,6 +47,11 @@ def render() -> None:
             thread = None
         if thread is None and thread_id is not None:
             state.open_thread(None)  # a deleted or foreign thread: start fresh, and say so in the URL
+            st.warning(
+                f"Thread {thread_id} isn't in this workspace (it was deleted, or the link is from another workspace). "
+                "A new thread is open instead.",
+                icon=":material/link_off:",
+            )
         # Open runs first: a run that ends between the two reads then shows as its answer (already
         # in `messages`), never as a question without an answer and without a run.
         live = runs.open_runs(session=session, thread_id=thread.id) if thread else []

@@ -29,6 +29,7 @@ def frame(render: Callable[[], None]) -> None:
     if not _run_worker().alive:  # stopped (tests shut it down between runs): start a new one
         _run_worker.clear()
         _run_worker()
+    state.follow_url()  # Back/Forward or an edited address lands on the place it names
     sidebar.render()
     render()
     state.sync_url()

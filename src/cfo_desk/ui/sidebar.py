@@ -25,6 +25,8 @@ def render() -> None:
         with open_session() as session:
             all_ws = workspaces_svc.list_workspaces(session=session)
         ws_id = state.current_workspace_id()
+        if problem := state.link_problem({w.id for w in all_ws}):
+            state.flash(problem, "warning")
         if ws_id not in {w.id for w in all_ws}:
             ws_id = all_ws[0].id if all_ws else None
             state.open_workspace(ws_id)

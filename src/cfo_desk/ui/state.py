@@ -18,10 +18,37 @@ def _int_param(name: str) -> int | None:
         return None
 
 
+_SYNCED = "_url_synced"  # session_state: the query params this session last wrote into the URL
+
+
 def _init() -> None:
     if "ws_id" not in st.session_state:
         st.session_state["ws_id"] = _int_param("ws")
         st.session_state["thread_id"] = _int_param("thread")
+        st.session_state["_from_link"] = st.session_state["ws_id"] is not None
+
+
+def follow_url() -> None:
+    """Adopt the URL's place when it changed from outside this session's own writes: browser
+    Back/Forward (each place this app writes is a history entry), or an edited address. A URL
+    without `ws` (a page switch clears the query) changes nothing. Call once per run, first."""
+    _init()
+    wanted = dict(st.query_params)
+    if "ws" in wanted and wanted != st.session_state.get(_SYNCED, wanted):
+        st.session_state["ws_id"] = _int_param("ws")
+        st.session_state["thread_id"] = _int_param("thread")
+        st.session_state["_from_link"] = True
+
+
+def link_problem(known_workspaces: set[int]) -> str | None:
+    """When the place came from a link (a reload, a bookmark, Back/Forward) naming a workspace that
+    doesn't exist (any more), one sentence saying so; None otherwise. Checked once per link."""
+    if not st.session_state.pop("_from_link", False):
+        return None
+    ws = st.session_state.get("ws_id")
+    if ws is not None and ws not in known_workspaces:
+        return f"The link names workspace {ws}, which doesn't exist (it was deleted, or the link is wrong). Showing another workspace instead."
+    return None
 
 
 def current_workspace_id() -> int | None:
@@ -61,10 +88,11 @@ def url_params() -> dict[str, str]:
 
 
 def sync_url() -> None:
-    """Write the current place into the URL."""
+    """Write the current place into the URL (a new browser history entry when it changed)."""
     wanted = url_params()
     if dict(st.query_params) != wanted:
         st.query_params.from_dict(wanted)
+    st.session_state[_SYNCED] = wanted
 
 
 def go_to_chat() -> None:
