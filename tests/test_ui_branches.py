@@ -65,3 +65,28 @@ def test_edit_regenerate_and_switch_branches():
     at.chat_input[0].set_value("And January?").run()
     settle(at)
     assert seen[-1] == ["Revenue in December?", "And January?"]
+
+
+def test_fork_from_a_question_opens_it_for_editing():
+    seen: list[list[str]] = []
+    use_model(_answering_model(seen))
+    at = app()
+    create_workspace(at, "Forks")
+    at.chat_input[0].set_value("Churn in 2024?").run()
+    settle(at)
+    source_thread = at.session_state["thread_id"]
+    [b for b in at.button if b.key and b.key.startswith("fork_")][0].click().run()  # fork at the question
+    assert at.session_state["thread_id"] != source_thread
+    (box,) = [t for t in at.text_area if t.key.startswith("edit_text_")]  # the question, open for editing
+    assert box.value == "Churn in 2024?"
+    box.set_value("Churn in 2024, annual contracts only?").run()
+    at.button(key=next(b.key for b in at.button if b.key and b.key.startswith("edit_send_"))).click().run()
+    settle(at)
+    assert not at.exception, at.exception
+    assert "Answer 2 to: Churn in 2024, annual contracts only?" in texts(at)
+    assert seen[-1] == ["Churn in 2024, annual contracts only?"]
+    assert _branch_label(at) == []  # the source's question is no branch of the fork's
+
+    at.sidebar.button(key=f"thread_{source_thread}").click().run()  # the source is unchanged
+    assert "Answer 1 to: Churn in 2024?" in texts(at) and "annual contracts" not in texts(at)
+    assert _branch_label(at) == []

@@ -128,7 +128,7 @@ def render() -> None:
     head = messages[-1] if messages else None
     unanswered = head is not None and head.role == Role.user and not live
     if unanswered and not problem:
-        st.warning("This question has no answer yet. Answer it to go on, or fork from an earlier message.")
+        st.warning("This question has no answer yet. Answer it as is, or edit it and send it as a new branch.")
         if st.button("Answer this question", icon=":material/play_arrow:", key="answer_unanswered"):
             _answer_and_rerun(thread.id, head.id)
 
@@ -564,7 +564,11 @@ def _message_footer(msg: Message, thread_id: int, branches: threads_svc.Siblings
         with open_session() as session:
             fork = threads_svc.fork_thread(session=session, thread_id=thread_id, message_id=msg.id)
         state.open_thread(fork.id)
-        state.flash(f"Forked into “{safe_label(fork.title)}”. Ask a different question here; the original thread is unchanged.", "info")
+        if msg.role == Role.user:  # forked at a question: open it for editing (or answer it as is)
+            st.session_state[_EDITING] = msg.id
+            state.flash(f"Forked into “{safe_label(fork.title)}”. Edit the question and send it, or answer it as is; the original thread is unchanged.", "info")
+        else:
+            state.flash(f"Forked into “{safe_label(fork.title)}”. Ask a different question here; the original thread is unchanged.", "info")
         st.rerun()
     if msg.role == Role.assistant and msg.duration_s is not None:
         meta = f"#{msg.id} · {msg.duration_s:.1f} s"
