@@ -420,3 +420,70 @@ def test_delete_thread_keeps_the_branches_of_other_threads(session):
     assert path(session, fork.id) == ["U1", "u one"]
     assert session.get(Message, ub.id) is None
     assert count(session, Message) == 2 + 4 + 2  # t's two branches + the fork's path
+
+
+# ---------------------------------------------------------------------------------------------
+# Forks: titles, lineage, the path check.
+
+
+def test_fork_titles_are_unique_and_readable(session):
+    ws, t = new_thread(session, "MRR Dec 2024")
+    a1 = ask(session, t.id, "Q1")
+    fork = lambda **kw: threads_svc.fork_thread(session=session, thread_id=t.id, message_id=a1.id, **kw)  # noqa: E731
+    assert [fork().title for _ in range(3)] == ["MRR Dec 2024 · fork 1", "MRR Dec 2024 · fork 2", "MRR Dec 2024 · fork 3"]
+    by_title = lambda title: next(x for x in threads_svc.list_threads(session=session, workspace_id=ws.id) if x.title == title)  # noqa: E731
+    f2 = by_title("MRR Dec 2024 · fork 2")
+    threads_svc.delete_thread(session=session, thread_id=f2.id)
+    assert fork().title == "MRR Dec 2024 · fork 2"  # the smallest free number
+    # A fork of a fork counts on from the same base: never "· fork 1 · fork 1".
+    f1 = by_title("MRR Dec 2024 · fork 1")
+    assert threads_svc.fork_thread(session=session, thread_id=f1.id, message_id=a1.id).title == "MRR Dec 2024 · fork 4"
+    legacy = threads_svc.create_thread(session=session, workspace_id=ws.id, title="Churn (fork) (fork)")
+    turns.ask(session=session, thread_id=legacy.id, content="Q", model=answer_with("A"))
+    legacy_head = threads_svc.get_thread(session=session, thread_id=legacy.id).head_message_id
+    assert threads_svc.fork_thread(session=session, thread_id=legacy.id, message_id=legacy_head).title == "Churn · fork 1"
+    # A typed title is used as given, made unique with (2), (3).
+    assert fork(title="  What if  churn is 3%  ").title == "What if churn is 3%"
+    assert fork(title="What if churn is 3%").title == "What if churn is 3% (2)"
+    assert fork(title="MRR Dec 2024").title == "MRR Dec 2024 (2)"
+    # LIKE wildcards in a title are plain characters; long titles keep their suffix.
+    assert fork(title="50%_off").title == "50%_off" and fork(title="50%_off").title == "50%_off (2)"
+    long = threads_svc.rename_thread(session=session, thread_id=t.id, title="x" * 200)
+    titles = [threads_svc.fork_thread(session=session, thread_id=long.id, message_id=a1.id).title for _ in range(2)]
+    assert titles[0].endswith("… · fork 1") and titles[1].endswith("… · fork 2") and all(len(x) == 200 for x in titles)
+    # Titles are unique per workspace: another workspace starts again at 1.
+    ws2 = ws_svc.create_workspace(session=session, name="Another")
+    t2 = threads_svc.create_thread(session=session, workspace_id=ws2.id, title="MRR Dec 2024")
+    b1 = ask(session, t2.id, "Q1")
+    assert threads_svc.fork_thread(session=session, thread_id=t2.id, message_id=b1.id).title == "MRR Dec 2024 · fork 1"
+
+
+def test_fork_checks_the_path_and_lists_forks_at_their_messages(session):
+    ws, t = new_thread(session, "Source")
+    a1 = ask(session, t.id, "Q1")
+    a2 = ask(session, t.id, "Q2")
+    r = runs.edit_question(session=session, thread_id=t.id, message_id=a2.parent_id, content="Q2 b")
+    b2 = run(r, "two b")
+    # A message on another branch of the same thread is not on the path: refused.
+    with pytest.raises(NotFound):
+        threads_svc.fork_thread(session=session, thread_id=t.id, message_id=a2.id)
+    with pytest.raises(NotFound):
+        threads_svc.fork_thread(session=session, thread_id=t.id, message_id=10**9)
+    empty = threads_svc.create_thread(session=session, workspace_id=ws.id)
+    with pytest.raises(NotFound):
+        threads_svc.fork_thread(session=session, thread_id=empty.id, message_id=a1.id)
+    at_head = threads_svc.fork_thread(session=session, thread_id=t.id, message_id=b2.id)
+    at_root = threads_svc.fork_thread(session=session, thread_id=t.id, message_id=a1.parent_id)
+    at_a1 = threads_svc.fork_thread(session=session, thread_id=t.id, message_id=a1.id, title="Scenario")
+    again = threads_svc.fork_thread(session=session, thread_id=t.id, message_id=b2.id)
+    of_fork = threads_svc.fork_thread(session=session, thread_id=at_head.id, message_id=b2.id)
+    assert threads_svc.forks_of(session=session, thread_id=t.id) == {
+        b2.id: [(at_head.id, "Source · fork 1"), (again.id, "Source · fork 3")],
+        a1.parent_id: [(at_root.id, "Source · fork 2")],
+        a1.id: [(at_a1.id, "Scenario")],
+    }
+    assert threads_svc.forks_of(session=session, thread_id=at_head.id) == {b2.id: [(of_fork.id, "Source · fork 4")]}
+    assert threads_svc.forks_of(session=session, thread_id=of_fork.id) == {}
+    # Deleting a fork takes it off the list.
+    threads_svc.delete_thread(session=session, thread_id=again.id)
+    assert [f.thread_id for f in threads_svc.forks_of(session=session, thread_id=t.id)[b2.id]] == [at_head.id]

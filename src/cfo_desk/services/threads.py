@@ -13,7 +13,9 @@ branches of its source, nor the reverse. Messages older than revision 0006 that 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from sqlalchemy import delete, exists, literal, select as sa_select
 from sqlmodel import Session, select
@@ -27,9 +29,12 @@ __all__ = [  # Message, MessageStatus, Role, Thread, utcnow are re-exported for 
     "MessageStatus",
     "Role",
     "BranchDeletion",
+    "ForkRef",
     "Siblings",
     "Thread",
     "delete_branch",
+    "fork_title",
+    "forks_of",
     "is_on_path",
     "newest_leaf",
     "siblings",
@@ -127,15 +132,18 @@ def fork_thread(*, session: Session, thread_id: int, message_id: int, title: str
     """Fork: a new thread whose conversation is the source's path up to and including `message_id`.
 
     Records the lineage (source thread id and title, message id). Copies nothing else; later turns
-    in either thread never show in the other. Raises NotFound when the message is not on the
-    source thread's path.
+    in either thread never show in the other. The title is unique in the workspace and readable
+    (`fork_title`): "<source title> · fork N" by default, or `title` as typed. Checking that the
+    message is on the source's path walks up from the head only until it meets the message
+    (`is_on_path`), so forking at the head costs the same however long the thread is. Raises
+    NotFound when the message is not on the source thread's path.
     """
     source = get_thread(session=session, thread_id=thread_id)
-    if source.head_message_id is None or message_id not in path_ids(session=session, message_id=source.head_message_id):
+    if not is_on_path(session=session, head_id=source.head_message_id, message_id=message_id):
         raise NotFound("That message is not part of this thread.")
     fork = Thread(
         workspace_id=source.workspace_id,
-        title=_title(title or f"{source.title} (fork)"),
+        title=fork_title(session=session, workspace_id=source.workspace_id, source_title=source.title, title=title),
         head_message_id=message_id,
         forked_from_thread_id=source.id,
         forked_from_thread_title=source.title,
@@ -145,6 +153,66 @@ def fork_thread(*, session: Session, thread_id: int, message_id: int, title: str
     session.commit()
     session.refresh(fork)
     return fork
+
+
+_FORK_SUFFIX = re.compile(r"(?:\s*·\s*fork\s+\d+|\s*\(fork\))+$")
+
+
+def like_escape(text: str) -> str:
+    """`text` for a LIKE pattern with ESCAPE '\\': backslash, % and _ match themselves."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def fork_title(*, session: Session, workspace_id: int, source_title: str, title: str | None = None) -> str:
+    """A title for a new fork, unique among the workspace's threads (archived ones included).
+
+    Without a typed title: "<source title> · fork N" with the smallest free N, starting at 1 (the
+    first fork of "MRR Dec 2024" is "MRR Dec 2024 · fork 1", the next "· fork 2"). A fork of a fork
+    counts on from the same base: forking "MRR Dec 2024 · fork 1" gives "MRR Dec 2024 · fork 2",
+    never "· fork 1 · fork 1" (an old "(fork)" suffix is dropped the same way). A typed title is
+    used as given (spaces folded); when a thread already has it, " (2)", " (3)" ... is added.
+    Titles stay within MAX_TITLE_LENGTH (the base is cut, never the suffix). One query."""
+    typed = " ".join((title or "").split())
+    if typed:
+        base = typed
+        candidates = ((n, "" if n == 1 else f" ({n})") for n in range(1, 10**6))
+    else:
+        base = _FORK_SUFFIX.sub("", " ".join((source_title or "").split())).strip() or DEFAULT_TITLE
+        candidates = ((n, f" · fork {n}") for n in range(1, 10**6))
+    prefix = base[: MAX_TITLE_LENGTH - 20]
+    like = like_escape(prefix) + "%"
+    taken = set(session.execute(
+        sa_select(Thread.title).where(Thread.workspace_id == workspace_id, Thread.title.like(like, escape="\\"))
+    ).scalars())
+    for _, suffix in candidates:
+        room = MAX_TITLE_LENGTH - len(suffix)
+        name = (base if len(base) <= room else base[: room - 1] + "…") + suffix
+        if name not in taken:
+            return name
+    raise Conflict("Too many threads with this title.")  # pragma: no cover - a million forks
+
+
+class ForkRef(NamedTuple):
+    """A fork of a thread, as listed at the message it branches from."""
+
+    thread_id: int
+    title: str
+
+
+def forks_of(*, session: Session, thread_id: int) -> dict[int, list[ForkRef]]:
+    """The thread's forks by the message they branch from (`forked_from_message_id`), oldest
+    first: {message_id: [ForkRef(thread_id, title), ...]}. One query; archived forks included."""
+    source = get_thread(session=session, thread_id=thread_id)
+    rows = session.execute(
+        sa_select(Thread.id, Thread.title, Thread.forked_from_message_id)
+        .where(Thread.workspace_id == source.workspace_id, Thread.forked_from_thread_id == source.id)
+        .order_by(Thread.id)
+    ).all()
+    out: dict[int, list[ForkRef]] = {}
+    for tid, title, mid in rows:
+        if mid is not None:
+            out.setdefault(mid, []).append(ForkRef(tid, title))
+    return out
 
 
 def delete_thread(*, session: Session, thread_id: int) -> None:
