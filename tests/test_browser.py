@@ -395,7 +395,7 @@ def _journey(page, url: str, csv_path: Path, expect) -> None:
     # 4. Fork from the answer: the fork shows its lineage and the earlier answer.
     rerun(main.get_by_role("button", name="Fork from here").last.click)
     expect(main.get_by_text("Forked from")).to_be_visible()
-    expect(main.get_by_role("heading", name=f"{QUESTION_1} (fork)")).to_be_visible()
+    expect(main.get_by_role("heading", name=f"{QUESTION_1} · fork 1")).to_be_visible()
     expect(main.get_by_text(ANSWER_1)).to_have_count(1)
     expect(main.get_by_text(ANSWER_1)).to_be_visible()
     page.screenshot(path=str(ARTIFACTS / "journey-forked.png"), full_page=True)
@@ -410,7 +410,7 @@ def _journey(page, url: str, csv_path: Path, expect) -> None:
     page.screenshot(path=str(ARTIFACTS / "journey-fork.png"), full_page=True)
 
     # 6. Back in the source thread: its answer, and not the fork's turn.
-    source = sidebar.get_by_role("button", name=QUESTION_1).filter(has_not_text="(fork)")
+    source = sidebar.get_by_role("button", name=QUESTION_1).filter(has_not_text="fork")
     expect(source).to_have_count(1)
     rerun(source.click)
     _heading(main, QUESTION_1, exact=True)

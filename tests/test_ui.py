@@ -105,7 +105,7 @@ def test_journey_create_upload_ask_fork(tmp_path):
     assert "December 2024 revenue was" in texts(at)
 
     # Back in the source thread, the fork's turn does not appear.
-    source = [b for b in at.sidebar.button if b.key and b.key.startswith("thread_") and "(fork)" not in b.label]
+    source = [b for b in at.sidebar.button if b.key and b.key.startswith("thread_") and "fork" not in b.label]
     source[0].click().run()
     assert "December 2024 revenue was" in texts(at)
     assert "There are **4** revenue rows." not in texts(at)
@@ -243,7 +243,7 @@ def test_delete_source_thread_from_the_ui_keeps_the_fork():
     settle(at)
     [b for b in at.button if b.key and b.key.startswith("fork_")][-1].click().run()
     assert "Forked from" in texts(at)
-    source = [b for b in at.sidebar.button if b.key and b.key.startswith("thread_") and "(fork)" not in b.label][0]
+    source = [b for b in at.sidebar.button if b.key and b.key.startswith("thread_") and "fork" not in b.label][0]
     source.click().run()
     delete = [b for b in at.button if b.key and b.key.startswith("delete_thread_")][0]
     assert delete.disabled  # nothing goes without the confirmation
@@ -251,7 +251,7 @@ def test_delete_source_thread_from_the_ui_keeps_the_fork():
     [b for b in at.button if b.key and b.key.startswith("delete_thread_")][0].click().run()
     assert not at.exception, at.exception
     threads = [b.label for b in at.sidebar.button if b.key and b.key.startswith("thread_")]
-    assert threads == ["First question (fork)"]
+    assert threads == ["First question · fork 1"]
     at.sidebar.button(key=[b.key for b in at.sidebar.button if b.key and b.key.startswith("thread_")][0]).click().run()
     assert "First answer." in texts(at) and "First question" in texts(at)
 

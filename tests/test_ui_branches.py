@@ -90,3 +90,23 @@ def test_fork_from_a_question_opens_it_for_editing():
     at.sidebar.button(key=f"thread_{source_thread}").click().run()  # the source is unchanged
     assert "Answer 1 to: Churn in 2024?" in texts(at) and "annual contracts" not in texts(at)
     assert _branch_label(at) == []
+
+
+def test_lineage_links_both_ways():
+    use_model(_answering_model([]))
+    at = app()
+    create_workspace(at, "Lineage")
+    at.chat_input[0].set_value("MRR in December?").run()
+    settle(at)
+    source_thread = at.session_state["thread_id"]
+    [b for b in at.button if b.key and b.key.startswith("fork_")][-1].click().run()  # fork at the answer
+    fork_thread = at.session_state["thread_id"]
+    assert "MRR in December? · fork 1" in [t.value for t in at.title]
+
+    at.button(key="lineage_source").click().run()  # the fork names its source and message: click → there
+    assert at.session_state["thread_id"] == source_thread
+    assert any("the fork point you came from" in c.value for c in at.caption)
+    (link,) = [b for b in at.button if b.key and b.key.startswith("fork_link_")]  # the source lists its fork there
+    assert link.label == "MRR in December? · fork 1"
+    link.click().run()
+    assert at.session_state["thread_id"] == fork_thread

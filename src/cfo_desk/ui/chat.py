@@ -10,6 +10,7 @@ from __future__ import annotations
 
 
 import streamlit as st
+import streamlit.components.v1 as components
 
 from cfo_desk.services import artifacts as artifacts_svc
 from cfo_desk.services import glossary as glossary_svc
@@ -63,12 +64,16 @@ def render() -> None:
         # question and not its old failed reply; a started question and its progress).
         cut = next((i for i, m in enumerate(messages) if m.id in live_questions), len(messages))
         # A long thread draws its last messages only (bounded work per rerun); "Show earlier" adds more.
+        focus = st.session_state.get(_FOCUS_MESSAGE)
+        if thread and focus is not None and (at := next((i for i, m in enumerate(messages) if m.id == focus), None)) is not None:
+            st.session_state[_shown_key(thread)] = max(st.session_state.get(_shown_key(thread), SHOW_LAST_MESSAGES), cut - at)
         shown_from = max(0, cut - st.session_state.get(_shown_key(thread), SHOW_LAST_MESSAGES)) if thread else 0
         visible = messages[shown_from:cut]
         arts = artifacts_svc.artifacts_by_message(session=session, message_ids=[m.id for m in visible])
         ended = runs.runs_by_reply(session=session, message_ids=[m.id for m in visible if not MessageStatus(m.status).answered])
         glossary = glossary_svc.current_glossary(session=session, workspace_id=ws_id) if thread else None
         branches = threads_svc.siblings(session=session, thread_id=thread.id, message_ids=[m.id for m in visible]) if thread else {}
+        forks = threads_svc.forks_of(session=session, thread_id=thread.id) if thread else {}
     frames = results.previews(a for items in arts.values() for a in items if a.kind == "query_result")
 
     if thread is None:
@@ -80,10 +85,14 @@ def render() -> None:
         with menu_col.popover("Thread", icon=":material/more_horiz:"):
             _thread_menu(thread)
         if thread.forked_from_message_id is not None:
-            st.caption(
-                f":material/call_split: Forked from “{safe_label(thread.forked_from_thread_title)}” at message #{thread.forked_from_message_id}. "
-                "Turns here never appear in the source thread, and the reverse."
-            )
+            row = st.container(horizontal=True, vertical_alignment="center")
+            row.caption(":material/call_split: Forked from", width="content")
+            if row.button(
+                f"{safe_label(thread.forked_from_thread_title)} · message #{thread.forked_from_message_id}",
+                key="lineage_source", type="tertiary", help="Open the source thread at the message this fork branches from",
+            ):
+                _open_at(thread.forked_from_thread_id, thread.forked_from_message_id)
+            row.caption("Turns here never appear in the source thread, and the reverse.", width="content")
     if problem:
         st.info(problem, icon=":material/key:")
 
@@ -96,6 +105,8 @@ def render() -> None:
             st.session_state[_shown_key(thread)] = st.session_state.get(_shown_key(thread), SHOW_LAST_MESSAGES) + SHOW_LAST_MESSAGES
             st.rerun()
     for msg in visible:
+        if msg.id == st.session_state.get(_FOCUS_MESSAGE):
+            _scroll_here(msg)
         _message(
             msg,
             thread.id,
@@ -108,6 +119,8 @@ def render() -> None:
             branches=branches.get(msg.id),
             can_branch=not problem and not live,
         )
+        if forks.get(msg.id):
+            _fork_links(msg, forks[msg.id])
         asked = by_id.get(msg.parent_id)
         if msg.role == Role.user and asked is not None and asked.status == MessageStatus.clarification and (asked.output or {}).get("term"):
             _save_to_glossary(msg, asked.output["term"], glossary)
@@ -499,6 +512,40 @@ def _result(art: Artifact, preview: results.Preview) -> None:
                 key=f"csv_{art.id}",
                 container=row,
             )
+
+
+_FOCUS_MESSAGE = "_focus_message"  # session_state: the message a lineage link opened the thread at
+
+
+def _open_at(thread_id: int | None, message_id: int | None) -> None:
+    """Open a thread (the source or a fork) scrolled to one of its messages."""
+    if thread_id is None:
+        return
+    state.open_thread(thread_id)
+    st.session_state[_FOCUS_MESSAGE] = message_id
+    st.rerun()
+
+
+def _scroll_here(msg: Message) -> None:
+    """Mark the message a lineage link points at and scroll the page to it (once)."""
+    st.session_state.pop(_FOCUS_MESSAGE, None)
+    st.caption(f":material/my_location: Message #{msg.id}: the fork point you came from.")
+    with st.container(key=f"focus-{msg.id}", height=1, border=False):
+        # The page scrolls to this marker; a constant script of ours, nothing from data.
+        components.html(
+            "<script>const el = window.parent.document.querySelector('.st-key-focus-%d');"
+            "if (el) el.scrollIntoView({block: 'start', behavior: 'instant'});</script>" % msg.id,
+            height=0,
+        )
+
+
+def _fork_links(msg: Message, forks: list) -> None:
+    """Under a message other threads were forked from: a link to each fork."""
+    row = st.container(horizontal=True, vertical_alignment="center")
+    row.caption(f":material/call_split: Forked here into {len(forks)} thread(s):", width="content")
+    for f in forks:
+        if row.button(safe_label(f.title), key=f"fork_link_{msg.id}_{f.thread_id}", type="tertiary"):
+            _open_at(f.thread_id, msg.id)
 
 
 _EDITING = "_editing_message"  # session_state: id of the question whose edit box is open
