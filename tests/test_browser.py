@@ -461,6 +461,59 @@ def test_chart_and_workbook_in_browser(chromium: str, app_url: str, stub: StubOp
     assert [book["Revenue"].cell(row=r, column=2).value for r in range(2, 5)] == [1200.5, 1300.25, 2250.0]
 
 
+def test_branches_reload_and_history_in_browser(chromium: str, app_url: str, stub: StubOpenAIServer, tmp_path: Path) -> None:
+    """Edit a question (a new branch), switch ‹1/2›, reload (the branch shown stays), then Back and
+    Forward step between two threads."""
+    from playwright.sync_api import expect
+
+    csv_path = tmp_path / "revenue.csv"
+    csv_path.write_text(REVENUE_CSV)
+    with _browser_page(chromium, "branches") as page:
+        main = page.get_by_role("main")
+        sidebar = page.get_by_test_id("stSidebar")
+        _new_workspace_with_csv(page, app_url, csv_path, "Branches")
+        _rerun(page, sidebar.get_by_role("button", name="New thread").click)
+        _rerun(page, lambda: _ask(page, QUESTION_1))
+        expect(main.get_by_text(ANSWER_1)).to_be_visible()
+        first_url = page.url
+
+        # Edit the question and send it as a new branch.
+        _rerun(page, main.get_by_role("button", name="Edit").click)
+        box = main.get_by_test_id("stTextArea").locator("textarea")
+        box.fill(QUESTION_2)
+        _rerun(page, main.get_by_role("button", name="Send as a new branch").click)
+        expect(main.get_by_text(ANSWER_2)).to_be_visible()
+        expect(main.get_by_text(ANSWER_1)).to_have_count(0)
+        expect(main.get_by_text("2/2", exact=True)).to_be_visible()
+
+        # ‹ back to the first branch; a reload keeps it.
+        _rerun(page, main.get_by_role("button", name="‹").click)
+        expect(main.get_by_text(ANSWER_1)).to_be_visible()
+        expect(main.get_by_text("1/2", exact=True)).to_be_visible()
+        page.reload()
+        expect(main.get_by_text(ANSWER_1)).to_be_visible(timeout=30_000)
+        expect(main.get_by_text(ANSWER_2)).to_have_count(0)
+
+        # A second thread, then Back and Forward between the two.
+        _rerun(page, sidebar.get_by_role("button", name="New thread").click)
+        _heading(main, "New thread")
+        _rerun(page, lambda: _ask(page, "How many rows are there?"))
+        _heading(main, "How many rows are there?", exact=True)
+        expect(main.get_by_text(ANSWER_2)).to_be_visible()
+        assert page.url != first_url
+        # Back: the empty "New thread" page, then the first thread; Forward: the way back again.
+        page.go_back()
+        _heading(main, "New thread")
+        page.go_back()
+        _heading(main, QUESTION_1, exact=True)
+        expect(main.get_by_text(ANSWER_1)).to_be_visible()
+        page.go_forward()
+        _heading(main, "New thread")
+        page.go_forward()
+        _heading(main, "How many rows are there?", exact=True)
+        page.screenshot(path=str(ARTIFACTS / "branches.png"), full_page=True)
+
+
 # --------------------------------------------------------------------------- background runs
 # A turn runs in the app's worker thread, not in the page: leaving for another page, reloading or
 # closing the tab must not stop it, and Stop must. The stub holds the model's last request of a turn
