@@ -487,3 +487,63 @@ def test_fork_checks_the_path_and_lists_forks_at_their_messages(session):
     # Deleting a fork takes it off the list.
     threads_svc.delete_thread(session=session, thread_id=again.id)
     assert [f.thread_id for f in threads_svc.forks_of(session=session, thread_id=t.id)[b2.id]] == [at_head.id]
+
+
+# ---------------------------------------------------------------------------------------------
+# The threads list: search, archive, paging.
+
+
+def test_threads_list_pages_past_fifty(session):
+    ws = ws_svc.create_workspace(session=session, name="Many")
+    made = [threads_svc.create_thread(session=session, workspace_id=ws.id, title=f"T{i:03d}").id for i in range(120)]
+    pages = [threads_svc.list_threads(session=session, workspace_id=ws.id, offset=o) for o in (0, 50, 100, 150)]
+    assert [len(p) for p in pages] == [50, 50, 20, 0]
+    ids = [t.id for p in pages for t in p]
+    assert ids == sorted(made, reverse=True)  # newest activity first, no thread twice, none missed
+    assert threads_svc.count_threads(session=session, workspace_id=ws.id) == 120
+    assert len(threads_svc.list_threads(session=session, workspace_id=ws.id, limit=None)) == 120
+    assert [t.id for t in threads_svc.list_threads(session=session, workspace_id=ws.id, limit=3, offset=1)] == ids[1:4]
+    assert threads_svc.list_threads(session=session, workspace_id=ws.id) == pages[0]  # the sidebar's call
+
+
+def test_threads_list_search_and_archive(session):
+    ws = ws_svc.create_workspace(session=session, name="W")
+    mrr = threads_svc.create_thread(session=session, workspace_id=ws.id, title="MRR December")
+    churn = threads_svc.create_thread(session=session, workspace_id=ws.id, title="Board pack")
+    promo = threads_svc.create_thread(session=session, workspace_id=ws.id, title="50%_off promo")
+    other = threads_svc.create_thread(session=session, workspace_id=ws.id, title="50 off promo")
+    turns.ask(session=session, thread_id=churn.id, content="How many logos churned?", model=answer_with("12 Churned Logos in Q4"))
+    fork = threads_svc.fork_thread(session=session, thread_id=churn.id, message_id=threads_svc.get_thread(session=session, thread_id=churn.id).head_message_id)
+    turns.ask(session=session, thread_id=fork.id, content="And by segment?", model=answer_with("SMB leads"))
+    elsewhere = ws_svc.create_workspace(session=session, name="Elsewhere")
+    threads_svc.create_thread(session=session, workspace_id=elsewhere.id, title="MRR too")
+
+    def found(q, **kw) -> set[int]:
+        hits = {t.id for t in threads_svc.list_threads(session=session, workspace_id=ws.id, query=q, **kw)}
+        assert threads_svc.count_threads(session=session, workspace_id=ws.id, query=q, **kw) == len(hits)
+        return hits
+
+    assert found("mrr") == {mrr.id}  # title, any case, this workspace only
+    assert found("  CHURNED   logos ") == {churn.id}  # an answer's text; spaces folded
+    assert found("logos churned") == {churn.id}  # a question's text
+    assert found("segment") == {fork.id}  # the fork's own turn; its source does not match
+    assert found("smb") == {fork.id}
+    assert found("%") == {promo.id} and found("50%_") == {promo.id} and found("_") == {promo.id}
+    assert found("") == found(None) == {mrr.id, churn.id, promo.id, other.id, fork.id}
+    assert found("nothing like this") == set()
+
+    archived = threads_svc.archive_thread(session=session, thread_id=mrr.id)
+    assert archived.archived_at is not None
+    assert threads_svc.archive_thread(session=session, thread_id=mrr.id).archived_at == archived.archived_at
+    assert mrr.id not in found(None) and found("mrr") == set()
+    assert found(None, archived=True) == {mrr.id} and found("MRR", archived=True) == {mrr.id}
+    assert found(None, archived=None) == {mrr.id, churn.id, promo.id, other.id, fork.id}
+    assert threads_svc.count_threads(session=session, workspace_id=ws.id) == 4
+    # An archived thread still works: it can be read and asked in.
+    turns.ask(session=session, thread_id=mrr.id, content="Still here?", model=answer_with("Yes"))
+    assert path(session, mrr.id)[-1] == "Yes"
+    back = threads_svc.unarchive_thread(session=session, thread_id=mrr.id)
+    assert back.archived_at is None and found("mrr") == {mrr.id} and found(None, archived=True) == set()
+    assert threads_svc.list_threads(session=session, workspace_id=ws.id)[0].id == mrr.id  # its last activity puts it first
+    with pytest.raises(NotFound):
+        threads_svc.archive_thread(session=session, thread_id=10**9)

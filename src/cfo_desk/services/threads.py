@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from sqlalchemy import delete, exists, literal, select as sa_select
+from sqlalchemy import delete, exists, func, literal, select as sa_select
 from sqlmodel import Session, select
 
 from cfo_desk.services.errors import Conflict, InvalidInput, NotFound
@@ -32,6 +32,8 @@ __all__ = [  # Message, MessageStatus, Role, Thread, utcnow are re-exported for 
     "ForkRef",
     "Siblings",
     "Thread",
+    "archive_thread",
+    "count_threads",
     "delete_branch",
     "fork_title",
     "forks_of",
@@ -39,6 +41,7 @@ __all__ = [  # Message, MessageStatus, Role, Thread, utcnow are re-exported for 
     "newest_leaf",
     "siblings",
     "switch_branch",
+    "unarchive_thread",
     "utcnow",
 ]
 
@@ -69,10 +72,77 @@ def create_thread_row(*, session: Session, workspace_id: int, title: str | None 
     return thread
 
 
-def list_threads(*, session: Session, workspace_id: int) -> list[Thread]:
-    """The workspace's threads, most recently active first."""
-    stmt = select(Thread).where(Thread.workspace_id == workspace_id).order_by(Thread.updated_at.desc(), Thread.id.desc())
+PAGE_SIZE = 50
+
+
+def _thread_filter(workspace_id: int, query: str | None, archived: bool | None) -> list:
+    conds = [Thread.workspace_id == workspace_id]
+    if archived is not None:
+        conds.append(Thread.archived_at.is_not(None) if archived else Thread.archived_at.is_(None))
+    words = " ".join((query or "").split())
+    if words:
+        pattern = "%" + like_escape(words.lower()) + "%"
+        in_title = func.lower(Thread.title).like(pattern, escape="\\")
+        in_text = exists().where(Message.thread_id == Thread.id, func.lower(Message.content).like(pattern, escape="\\"))
+        conds.append(in_title | in_text)
+    return conds
+
+
+def list_threads(
+    *,
+    session: Session,
+    workspace_id: int,
+    query: str | None = None,
+    archived: bool | None = False,
+    limit: int | None = PAGE_SIZE,
+    offset: int = 0,
+) -> list[Thread]:
+    """The workspace's threads, most recently active first, one page at a time.
+
+    `query` (spaces folded; blank: no filter) keeps the threads whose title, or the text of a
+    message written in the thread (a question or an answer, on any branch), contains it, ignoring
+    case (SQL lower(): on SQLite only ASCII letters fold); % and _ are plain characters. A fork's
+    inherited messages belong to its source. `archived`: False (default) the threads in use, True
+    the archived ones, None both. `limit` None: every thread."""
+    stmt = (
+        select(Thread)
+        .where(*_thread_filter(workspace_id, query, archived))
+        .order_by(Thread.updated_at.desc(), Thread.id.desc())
+        .offset(max(0, offset))
+    )
+    if limit is not None:
+        stmt = stmt.limit(max(0, limit))
     return list(session.exec(stmt))
+
+
+def count_threads(*, session: Session, workspace_id: int, query: str | None = None, archived: bool | None = False) -> int:
+    """How many threads `list_threads` with the same filters has in all its pages."""
+    stmt = sa_select(func.count()).select_from(Thread).where(*_thread_filter(workspace_id, query, archived))
+    return int(session.execute(stmt).scalar())
+
+
+def archive_thread(*, session: Session, thread_id: int) -> Thread:
+    """Archive a thread: it leaves the default list (`list_threads(archived=True)` lists it) and
+    keeps everything; it can still be opened, forked and asked in. Archiving twice keeps the
+    first time. Its activity time is not changed. Raises NotFound."""
+    thread = get_thread(session=session, thread_id=thread_id)
+    if thread.archived_at is None:
+        thread.archived_at = utcnow()
+        session.add(thread)
+        session.commit()
+        session.refresh(thread)
+    return thread
+
+
+def unarchive_thread(*, session: Session, thread_id: int) -> Thread:
+    """Bring an archived thread back to the default list (where its last activity puts it)."""
+    thread = get_thread(session=session, thread_id=thread_id)
+    if thread.archived_at is not None:
+        thread.archived_at = None
+        session.add(thread)
+        session.commit()
+        session.refresh(thread)
+    return thread
 
 
 def get_thread(*, session: Session, thread_id: int) -> Thread:
