@@ -31,7 +31,7 @@ def render() -> None:
         st.info("Open or create a workspace in the sidebar first.")
         return
     with open_session() as session:
-        threads = {t.id: t.title for t in threads_svc.list_threads(session=session, workspace_id=ws_id)}
+        threads = {t.id: t.title for t in threads_svc.list_threads(session=session, workspace_id=ws_id, archived=None, limit=None)}
     left, right = st.columns(2)
     kind = left.selectbox("Kind", options=list(KIND_LABELS), format_func=KIND_LABELS.get, key=f"artifacts_kind_{ws_id}")
     thread_id = right.selectbox(

@@ -294,6 +294,13 @@ def _thread_menu(thread) -> None:
                 st.error(safe_label(str(exc)))
             else:
                 st.rerun()
+    archived = thread.archived_at is not None
+    if st.button("Unarchive thread" if archived else "Archive thread", icon=":material/archive:", key=f"archive_thread_{thread.id}",
+                 help="Archived threads leave the list (the Archived switch shows them); nothing is deleted"):
+        with open_session() as session:
+            (threads_svc.unarchive_thread if archived else threads_svc.archive_thread)(session=session, thread_id=thread.id)
+        state.flash(f"{'Unarchived' if archived else 'Archived'} “{safe_label(thread.title)}”.", "info")
+        st.rerun()
     sure = st.checkbox("Delete this thread, its answers and their results (forks made from it stay whole)", key=f"sure_delete_{thread.id}")
     if st.button("Delete thread", icon=":material/delete:", key=f"delete_thread_{thread.id}", disabled=not sure):
         with open_session() as session:

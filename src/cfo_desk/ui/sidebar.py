@@ -323,9 +323,19 @@ def _threads(ws_id: int) -> None:
     if st.button("New thread", icon=":material/add_comment:", width="stretch", key="new_thread"):
         state.open_thread(None)  # the thread is created with its first question: no empty threads pile up
         state.go_to_chat()
+    query = st.text_input(
+        "Search threads", key=f"thread_search_{ws_id}", placeholder="Search titles and messages", label_visibility="collapsed",
+        icon=":material/search:",
+    )
+    archived = st.toggle("Archived threads", key=f"thread_archived_{ws_id}")
+    limit_key = f"thread_limit_{ws_id}"
+    limit = st.session_state.get(limit_key, threads_svc.PAGE_SIZE)
     with open_session() as session:
-        rows = threads_svc.list_threads(session=session, workspace_id=ws_id)
+        rows = threads_svc.list_threads(session=session, workspace_id=ws_id, query=query, archived=archived, limit=limit)
+        total = threads_svc.count_threads(session=session, workspace_id=ws_id, query=query, archived=archived)
         busy = runs.thread_ids_with_open_runs(session=session, thread_ids=[t.id for t in rows])
+    if not rows:
+        st.caption("No thread matches." if query else ("No archived threads." if archived else "No threads yet: ask a question."))
     current = state.current_thread_id()
     for t in rows:
         icon = ":material/call_split:" if t.forked_from_thread_id else ":material/chat_bubble:"
@@ -334,4 +344,8 @@ def _threads(ws_id: int) -> None:
         if st.button(safe_label(t.title), key=f"thread_{t.id}", icon=icon, type="primary" if t.id == current else "tertiary", width="stretch"):
             state.open_thread(t.id)
             state.go_to_chat()
+    if total > len(rows):
+        if st.button(f"Show more ({total - len(rows):,} more)", key=f"more_threads_{ws_id}", type="tertiary", width="stretch"):
+            st.session_state[limit_key] = limit + threads_svc.PAGE_SIZE
+            st.rerun()
 
