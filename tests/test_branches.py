@@ -547,3 +547,102 @@ def test_threads_list_search_and_archive(session):
     assert threads_svc.list_threads(session=session, workspace_id=ws.id)[0].id == mrr.id  # its last activity puts it first
     with pytest.raises(NotFound):
         threads_svc.archive_thread(session=session, thread_id=10**9)
+
+
+# ---------------------------------------------------------------------------------------------
+# Compare.
+
+
+def figures_model(text: str, figures: list[tuple[str, float, str]]):
+    """A model that selects each figure's value in one query and cites it (so every figure ties out)."""
+    from agent_script import result_content
+
+    cols = [f"f{i}" for i in range(len(figures))]
+    sql = "SELECT " + ", ".join(f"CAST({v!r} AS DOUBLE) AS {c}" for (_, v, _), c in zip(figures, cols))
+
+    def answer(returns):
+        handle = result_content(returns[-1])["result"]
+        return {
+            "answer_markdown": text,
+            "key_figures": [{"label": lab, "value": v, "unit": u, "query": handle, "column": c} for (lab, v, u), c in zip(figures, cols)],
+        }
+
+    return sql_script([sql], answer)
+
+
+def test_compare_two_forks_from_where_they_diverge(session):
+    ws, t = new_thread(session, "MRR Dec 2024")
+    a1 = turns.ask(session=session, thread_id=t.id, content="MRR in Dec 2024?", model=figures_model("MRR was $1,000.", [("MRR", 1000.0, "USD")]))
+    left = threads_svc.fork_thread(session=session, thread_id=t.id, message_id=a1.id)
+    right = threads_svc.fork_thread(session=session, thread_id=t.id, message_id=a1.id)
+    lf = [("MRR", 1000.0, "USD"), ("Churn rate", 2.5, "%"), ("New logos", 12, "customers"), ("ARPU", 50.0, "USD")]
+    rf = [("churn  RATE", 2.54, "%"), ("MRR", 1000.004, "USD"), ("Logos added", 15, "customers"), ("NRR", 101.2, "%"), ("Gross margin", 80.0, "%")]
+    la = turns.ask(session=session, thread_id=left.id, content="What if churn is 2.5%?", model=figures_model("Left.", lf))
+    ra = turns.ask(session=session, thread_id=right.id, content="What if churn is 2.54%?", model=figures_model("Right.", rf))
+    turns.ask(session=session, thread_id=right.id, content="And ARR?", model=figures_model("ARR.", [("ARR", 12000.0, "USD")]))
+
+    with QueryCounter(session) as qc:
+        cmp = threads_svc.compare(session=session, left_thread_id=left.id, right_thread_id=right.id)
+    assert qc.n <= 6
+    assert [m.id for m in cmp.common] == [a1.parent_id, a1.id]
+    assert [m.content for m in cmp.left] == ["What if churn is 2.5%?", "Left."]
+    assert [m.content for m in cmp.right] == ["What if churn is 2.54%?", "Right.", "And ARR?", "ARR."]
+    first, second = cmp.pairs
+    assert (first.left.question.id, first.left.answer.id, first.right.answer.id) == (la.parent_id, la.id, ra.id)
+    figs = {f.label: f for f in first.figures}
+    assert [f.label for f in first.figures] == ["MRR", "Churn rate", "New logos", "ARPU", "Gross margin"]
+    mrr = figs["MRR"]
+    assert (mrr.matched_by, mrr.left, mrr.right, mrr.unit) == ("label", 1000.0, 1000.004, "USD")
+    assert mrr.difference == pytest.approx(0.004) and not mrr.changed  # within half a cent
+    churn = figs["Churn rate"]
+    assert churn.matched_by == "label" and churn.right_label == "churn  RATE" and not churn.changed  # 0.04 pp
+    logos = figs["New logos"]
+    assert (logos.matched_by, logos.right_label, logos.difference, logos.relative, logos.changed) == ("position", "Logos added", 3, 0.25, True)
+    arpu = figs["ARPU"]
+    assert (arpu.matched_by, arpu.right_label, arpu.difference, arpu.changed) == ("position", "NRR", None, True)  # units differ
+    gm = figs["Gross margin"]
+    assert (gm.matched_by, gm.left, gm.right, gm.changed) == ("right only", None, 80.0, True)
+    assert first.changed and cmp.changed_figures == 3 + 1  # logos, ARPU/NRR, gross margin; + ARR
+    assert second.left is None and second.right.answer.content == "ARR."
+    assert [(f.matched_by, f.right) for f in second.figures] == [("right only", 12000.0)]
+
+    # A source and its fork: the common part is the fork point's path.
+    cmp = threads_svc.compare(session=session, left_thread_id=t.id, right_thread_id=left.id)
+    assert [m.id for m in cmp.common] == [a1.parent_id, a1.id] and cmp.left == [] and len(cmp.pairs) == 1
+    assert cmp.pairs[0].left is None and cmp.pairs[0].right.answer.id == la.id
+
+
+def test_compare_two_branches_of_one_thread(session):
+    ws, t = new_thread(session)
+    a1 = turns.ask(session=session, thread_id=t.id, content="Churn?", model=figures_model("2.5%", [("Churn", 2.5, "%")]))
+    r = runs.regenerate(session=session, thread_id=t.id, message_id=a1.id)
+    b1 = worker.run_inline(r.id, model=figures_model("2.6%", [("Churn", 2.6, "%")]))
+    cmp = threads_svc.compare(session=session, left_thread_id=t.id, right_thread_id=t.id, left_head=a1.id, right_head=b1.id)
+    assert [m.id for m in cmp.common] == [a1.parent_id]
+    (pair,) = cmp.pairs
+    # The question they share is each side's question; the answers differ.
+    assert pair.left.question.id == pair.right.question.id == a1.parent_id
+    assert (pair.left.answer.id, pair.right.answer.id) == (a1.id, b1.id)
+    (churn,) = pair.figures
+    assert churn.difference == pytest.approx(0.1) and churn.relative == pytest.approx(0.04) and churn.changed
+    # Same head on both sides: nothing after the common path.
+    same = threads_svc.compare(session=session, left_thread_id=t.id, right_thread_id=t.id)
+    assert same.pairs == [] and [m.id for m in same.common] == [a1.parent_id, b1.id]
+    other_ws, other = new_thread(session, "Other")
+    with pytest.raises(InvalidInput):
+        threads_svc.compare(session=session, left_thread_id=t.id, right_thread_id=other.id)
+    x = ask(session, other.id, "X")
+    with pytest.raises(NotFound):  # a head must belong to its thread
+        threads_svc.compare(session=session, left_thread_id=t.id, right_thread_id=t.id, right_head=x.id)
+
+
+def test_compare_figures_tolerances():
+    diff = threads_svc.compare_figures
+    assert not diff([{"label": "a", "value": 10.0, "unit": "%"}], [{"label": "A", "value": 10.05, "unit": "%"}])[0].changed
+    assert diff([{"label": "a", "value": 10.0, "unit": "%"}], [{"label": "A", "value": 10.06, "unit": "%"}])[0].changed
+    assert not diff([{"label": "a", "value": 1.0, "unit": "USD"}], [{"label": "a", "value": 1.005, "unit": "usd"}])[0].changed
+    assert diff([{"label": "a", "value": 1.0, "unit": "USD"}], [{"label": "a", "value": 1.006, "unit": "USD"}])[0].changed
+    assert diff([{"label": "a", "value": 1.0, "unit": "USD"}], [{"label": "a", "value": 1.0, "unit": "EUR"}])[0].changed
+    zero = diff([{"label": "a", "value": 0, "unit": "USD"}], [{"label": "a", "value": 5, "unit": "USD"}])[0]
+    assert (zero.difference, zero.relative, zero.changed) == (5, None, True)
+    assert diff([], []) == []

@@ -29,10 +29,16 @@ __all__ = [  # Message, MessageStatus, Role, Thread, utcnow are re-exported for 
     "MessageStatus",
     "Role",
     "BranchDeletion",
+    "Comparison",
+    "ComparedTurn",
+    "FigureDiff",
     "ForkRef",
     "Siblings",
     "Thread",
+    "TurnPair",
     "archive_thread",
+    "compare",
+    "compare_figures",
     "count_threads",
     "delete_branch",
     "fork_title",
@@ -534,3 +540,216 @@ def delete_branch(*, session: Session, thread_id: int, message_id: int) -> Branc
     _remove_unused_dirs(session, ws, run_dirs)
     thread = get_thread(session=session, thread_id=thread.id)
     return BranchDeletion(thread, doomed, kept)
+
+
+# ---------------------------------------------------------------------------------------------
+# Compare two threads (or two branches of one) from where they diverge.
+
+PERCENT_TOLERANCE = 0.05  # percentage points: a '%' figure shown to one decimal
+AMOUNT_TOLERANCE = 0.005  # half a cent (and half a hundredth of any other unit)
+
+
+@dataclass(frozen=True)
+class FigureDiff:
+    """One key figure on both sides of a compared turn.
+
+    `left` / `right` are the values (None on the side that has no such figure), `unit` the unit
+    (the left one when both have it), `difference` = right - left and `relative` = difference /
+    |left| (None when a side is missing, the units differ, or left is 0). `changed` is True when
+    the values differ beyond rounding (more than 0.05 percentage points for a '%' figure, half a
+    cent, i.e. 0.005, for any other unit), when the units differ, or when one side is missing.
+    `matched_by`: "label" (same label, ignoring case and spaces), "position" (the n-th figure
+    left unmatched on each side), "left only" or "right only"."""
+
+    label: str
+    left: float | None
+    right: float | None
+    unit: str | None
+    right_label: str | None
+    right_unit: str | None
+    difference: float | None
+    relative: float | None
+    changed: bool
+    matched_by: str
+
+
+@dataclass(frozen=True)
+class ComparedTurn:
+    """One turn of a compared path: its question, its answer (None while unanswered) and the
+    answer's key figures (the dicts of `Message.output["key_figures"]`)."""
+
+    question: Message | None
+    answer: Message | None
+    key_figures: list[dict]
+
+
+@dataclass(frozen=True)
+class TurnPair:
+    """The n-th turn after the divergence on each side (None where one side has fewer turns), and
+    the differences of their key figures."""
+
+    left: ComparedTurn | None
+    right: ComparedTurn | None
+    figures: list[FigureDiff]
+
+    @property
+    def changed(self) -> bool:
+        return any(f.changed for f in self.figures)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two conversations side by side from the message where they diverge.
+
+    `common`: the messages both paths share, root first (empty when they share nothing);
+    `left` / `right`: each path after the divergence; `pairs`: their turns side by side. When
+    the paths part between a question and its answers (a regenerated answer, or forks from a
+    question), that question is the first turn's question on both sides."""
+
+    left_thread_id: int
+    right_thread_id: int
+    left_head: int | None
+    right_head: int | None
+    common: list[Message]
+    left: list[Message]
+    right: list[Message]
+    pairs: list[TurnPair]
+
+    @property
+    def changed_figures(self) -> int:
+        return sum(1 for p in self.pairs for f in p.figures if f.changed)
+
+
+def _fold(label: str | None) -> str:
+    return " ".join((label or "").split()).casefold()
+
+
+def _number(value) -> float | None:
+    try:
+        return float(value) if value is not None and not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        return None
+
+
+def figure_diff(left: dict | None, right: dict | None, matched_by: str) -> FigureDiff:
+    """The difference of two key figures (dicts with label, value, unit); either may be None."""
+    lv = _number(left.get("value")) if left else None
+    rv = _number(right.get("value")) if right else None
+    lu = (left or {}).get("unit")
+    ru = (right or {}).get("unit")
+    same_unit = left is not None and right is not None and _fold(lu) == _fold(ru)
+    difference = relative = None
+    if same_unit and lv is not None and rv is not None:
+        difference = rv - lv
+        relative = difference / abs(lv) if lv else None
+        tolerance = PERCENT_TOLERANCE if (lu or "").strip() == "%" else AMOUNT_TOLERANCE
+        changed = abs(difference) > tolerance + 1e-12
+    else:
+        changed = True
+    label = (left or right or {}).get("label") or ""
+    return FigureDiff(
+        label=label,
+        left=lv,
+        right=rv,
+        unit=lu if left is not None else ru,
+        right_label=(right or {}).get("label") if left is not None else None,
+        right_unit=ru,
+        difference=difference,
+        relative=relative,
+        changed=changed,
+        matched_by=matched_by,
+    )
+
+
+def compare_figures(left: list[dict], right: list[dict]) -> list[FigureDiff]:
+    """Pair two answers' key figures: by label (ignoring case and spaces) first, then the ones
+    left over by position; figures with no partner come last, marked changed. Left order kept."""
+    right_by_label: dict[str, list[int]] = {}
+    for j, fig in enumerate(right):
+        right_by_label.setdefault(_fold(fig.get("label")), []).append(j)
+    partner: dict[int, tuple[int, str]] = {}
+    used: set[int] = set()
+    for i, fig in enumerate(left):
+        candidates = right_by_label.get(_fold(fig.get("label")), [])
+        if candidates:
+            j = candidates.pop(0)
+            partner[i] = (j, "label")
+            used.add(j)
+    rest_left = [i for i in range(len(left)) if i not in partner]
+    rest_right = [j for j in range(len(right)) if j not in used]
+    for i, j in zip(rest_left, rest_right):
+        partner[i] = (j, "position")
+        used.add(j)
+    out = []
+    for i, fig in enumerate(left):
+        if i in partner:
+            j, how = partner[i]
+            out.append(figure_diff(fig, right[j], how))
+        else:
+            out.append(figure_diff(fig, None, "left only"))
+    out.extend(figure_diff(None, right[j], "right only") for j in range(len(right)) if j not in used)
+    return out
+
+
+def _turns(messages: list[Message], lead_question: Message | None) -> list[ComparedTurn]:
+    """Group a path's messages into turns (a question and the answer under it)."""
+    turns_out: list[ComparedTurn] = []
+    question = lead_question
+    for msg in messages:
+        if msg.role == Role.user:
+            if question is not None:
+                turns_out.append(ComparedTurn(question, None, []))
+            question = msg
+        else:
+            figures = list((msg.output or {}).get("key_figures") or []) if MessageStatus(msg.status).answered else []
+            turns_out.append(ComparedTurn(question, msg, figures))
+            question = None
+    if question is not None and question is not lead_question:
+        turns_out.append(ComparedTurn(question, None, []))
+    return turns_out
+
+
+def _compare_head(session: Session, thread: Thread, head: int | None) -> int | None:
+    if head is None:
+        return thread.head_message_id
+    msg = session.get(Message, head)
+    if msg is None or msg.workspace_id != thread.workspace_id:
+        raise NotFound("That message no longer exists.")
+    if msg.thread_id != thread.id and not is_on_path(session=session, head_id=thread.head_message_id, message_id=head):
+        raise NotFound("That message is not part of this thread.")
+    return head
+
+
+def compare(
+    *,
+    session: Session,
+    left_thread_id: int,
+    right_thread_id: int,
+    left_head: int | None = None,
+    right_head: int | None = None,
+) -> Comparison:
+    """Compare two threads, or two branches of one thread (the same thread id twice, with the
+    heads of the branches: any message written in that thread or on its path), from the message
+    where their paths diverge: the common messages, each side's turns after it side by side, and
+    the differences of their key figures (`compare_figures`). Reads only; two recursive path
+    queries. Raises NotFound (a thread or head gone, a head not in its thread), InvalidInput
+    (threads of two workspaces)."""
+    lt = get_thread(session=session, thread_id=left_thread_id)
+    rt = get_thread(session=session, thread_id=right_thread_id)
+    if lt.workspace_id != rt.workspace_id:
+        raise InvalidInput("Only threads of one workspace can be compared.")
+    lh, rh = _compare_head(session, lt, left_head), _compare_head(session, rt, right_head)
+    lpath = messages_on_path(session=session, message_id=lh) if lh is not None else []
+    rpath = messages_on_path(session=session, message_id=rh) if rh is not None else []
+    n = 0
+    while n < len(lpath) and n < len(rpath) and lpath[n].id == rpath[n].id:
+        n += 1
+    common, left, right = lpath[:n], lpath[n:], rpath[n:]
+    lead = common[-1] if common and common[-1].role == Role.user else None
+    lturns, rturns = _turns(left, lead), _turns(right, lead)
+    pairs = []
+    for i in range(max(len(lturns), len(rturns))):
+        a = lturns[i] if i < len(lturns) else None
+        b = rturns[i] if i < len(rturns) else None
+        pairs.append(TurnPair(a, b, compare_figures(a.key_figures if a else [], b.key_figures if b else [])))
+    return Comparison(lt.id, rt.id, lh, rh, common, left, right, pairs)
