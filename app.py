@@ -15,6 +15,7 @@ page = st.navigation(
         st.Page("views/chat.py", title="Chat", icon=":material/forum:", default=True),
         st.Page("views/data.py", title="Data", icon=":material/table_view:"),
         st.Page("views/artifacts.py", title="Artifacts", icon=":material/inventory_2:"),
+        st.Page("views/compare.py", title="Compare", icon=":material/compare_arrows:"),
         st.Page("views/settings.py", title="Settings", icon=":material/tune:"),
     ]
 )

@@ -294,6 +294,8 @@ def _thread_menu(thread) -> None:
                 st.error(safe_label(str(exc)))
             else:
                 st.rerun()
+    if st.button("Compare with another thread", icon=":material/compare_arrows:", key=f"compare_thread_{thread.id}"):
+        st.switch_page("views/compare.py", query_params=state.url_params())
     archived = thread.archived_at is not None
     if st.button("Unarchive thread" if archived else "Archive thread", icon=":material/archive:", key=f"archive_thread_{thread.id}",
                  help="Archived threads leave the list (the Archived switch shows them); nothing is deleted"):
