@@ -12,6 +12,9 @@
    a fresh process); a ~1 GB CSV only with BENCH_BIG=1.
 10. Chat reruns (benchmarks/chat_rerun.py): server-side AppTest rerun of the chat page, 20 vs 200
    messages, with and without one 1M-row result.
+11. Thread depth (benchmarks/threads_depth.py): fork at the head (target within 1.5x), fork at the
+   root, conversation load, siblings of a path and a branch switch at 10 / 1,000 / 10,000 messages,
+   as ratios to 10 (PostgreSQL too when CFO_DESK_TEST_PG_URL is set).
 """
 
 from __future__ import annotations
@@ -96,6 +99,10 @@ def main() -> None:
     import chat_rerun  # benchmarks/chat_rerun.py: chat page reruns vs thread depth and a 1M-row result
 
     chat_rerun.main()
+
+    import threads_depth  # benchmarks/threads_depth.py: path load and fork against thread depth
+
+    threads_depth.main()
 
 
 if __name__ == "__main__":

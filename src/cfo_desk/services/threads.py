@@ -179,12 +179,17 @@ def get_message(*, session: Session, message_id: int) -> Message:
     return msg
 
 
-def path_ids(*, session: Session, message_id: int) -> list[int]:
-    """Ids of the messages from the root to `message_id` inclusive, root first (one recursive query)."""
+def _path_cte(message_id: int):
+    """The recursive CTE of the path from `message_id` up to the root: (id, parent_id, depth from it)."""
     base = sa_select(Message.id, Message.parent_id, literal(0).label("depth")).where(Message.id == message_id)
     path = base.cte("path", recursive=True)
     step = sa_select(Message.id, Message.parent_id, (path.c.depth + 1).label("depth")).join(path, Message.id == path.c.parent_id)
-    path = path.union_all(step)
+    return path.union_all(step)
+
+
+def path_ids(*, session: Session, message_id: int) -> list[int]:
+    """Ids of the messages from the root to `message_id` inclusive, root first (one recursive query)."""
+    path = _path_cte(message_id)
     rows = session.execute(sa_select(path.c.id).order_by(path.c.depth.desc())).all()
     return [r[0] for r in rows]
 
@@ -198,10 +203,10 @@ def conversation(*, session: Session, thread_id: int) -> list[Message]:
 
 
 def messages_on_path(*, session: Session, message_id: int) -> list[Message]:
-    """The messages from the root to `message_id` inclusive, root first."""
-    ids = path_ids(session=session, message_id=message_id)
-    by_id = {m.id: m for m in session.exec(select(Message).where(Message.id.in_(ids)))}
-    return [by_id[i] for i in ids]
+    """The messages from the root to `message_id` inclusive, root first (one recursive query
+    joined to the rows)."""
+    path = _path_cte(message_id)
+    return list(session.exec(select(Message).join(path, Message.id == path.c.id).order_by(path.c.depth.desc())))
 
 
 def fork_thread(*, session: Session, thread_id: int, message_id: int, title: str | None = None) -> Thread:
