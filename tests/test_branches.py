@@ -252,7 +252,9 @@ def test_branches_are_isolated_between_a_thread_and_its_fork(session):
     in_source = threads_svc.siblings(session=session, thread_id=s.id, message_ids=[a2.parent_id, source_q.id])
     in_fork = threads_svc.siblings(session=session, thread_id=fork.id, message_ids=[a2.parent_id, fork_q.id])
     assert in_source[source_q.id].ids == (a2.parent_id, source_q.id)  # the fork's edit is not a branch of the source
-    assert in_fork[fork_q.id].ids == (fork_q.id,) and in_fork[a2.parent_id].ids == (a2.parent_id, fork_q.id)
+    # In the fork, the question it was forked with is its own first branch: ‹2/2› on its edit.
+    assert in_fork[fork_q.id] == threads_svc.Siblings((a2.parent_id, fork_q.id), 1, 2)
+    assert in_fork[a2.parent_id].ids == (a2.parent_id, fork_q.id)
     assert fork_q.id not in in_source[a2.parent_id].ids and source_q.id not in in_fork[a2.parent_id].ids
     with pytest.raises(NotFound):  # and can't be switched to from the other thread
         threads_svc.switch_branch(session=session, thread_id=s.id, message_id=fork_q.id)
@@ -265,6 +267,18 @@ def test_branches_are_isolated_between_a_thread_and_its_fork(session):
     # The fork's inherited messages (written in the source) keep the fork's own head when picked.
     threads_svc.switch_branch(session=session, thread_id=fork.id, message_id=a1.id)
     assert path(session, fork.id) == ["Q1", "A to Q1", "Q2 in fork", "fork answer"]
+    # Back to the question the fork was made with: its path up to the fork point, nothing of the
+    # source's later branch.
+    threads_svc.switch_branch(session=session, thread_id=fork.id, message_id=a2.parent_id)
+    assert path(session, fork.id) == ["Q1", "A to Q1", "Q2", "A to Q2"]
+    assert threads_svc.get_thread(session=session, thread_id=fork.id).head_message_id == a2.id
+    # The fork's inherited branch outlives its source (no head reaches it now).
+    threads_svc.switch_branch(session=session, thread_id=fork.id, message_id=fork_q.id)
+    threads_svc.delete_thread(session=session, thread_id=s.id)
+    assert session.get(Message, a2.id) is not None and session.get(Message, source_q.id) is None
+    assert threads_svc.siblings(session=session, thread_id=fork.id, message_ids=[fork_q.id])[fork_q.id].count == 2
+    threads_svc.switch_branch(session=session, thread_id=fork.id, message_id=a2.parent_id)
+    assert path(session, fork.id) == ["Q1", "A to Q1", "Q2", "A to Q2"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -646,3 +660,18 @@ def test_compare_figures_tolerances():
     zero = diff([{"label": "a", "value": 0, "unit": "USD"}], [{"label": "a", "value": 5, "unit": "USD"}])[0]
     assert (zero.difference, zero.relative, zero.changed) == (5, None, True)
     assert diff([], []) == []
+
+
+def test_delete_a_branch_keeps_a_forks_inherited_path(session):
+    """A fork that edited its first question has moved its head off the path it was forked with;
+    that path is still its branch (‹1/2›), so deleting it in the source keeps it."""
+    ws, t = new_thread(session)
+    a1 = ask(session, t.id, "Q1", "one")
+    a2 = ask(session, t.id, "Q2", "two")
+    fork = threads_svc.fork_thread(session=session, thread_id=t.id, message_id=a2.id)
+    run(runs.edit_question(session=session, thread_id=fork.id, message_id=a1.parent_id, content="Q1 in fork"), "fork one")
+    gone = threads_svc.delete_branch(session=session, thread_id=t.id, message_id=a2.parent_id)
+    assert gone.kept_ids == sorted([a2.parent_id, a2.id]) and gone.deleted_ids == []
+    assert gone.thread.head_message_id == a1.id
+    threads_svc.switch_branch(session=session, thread_id=fork.id, message_id=a1.parent_id)
+    assert path(session, fork.id) == ["Q1", "one", "Q2", "two"]

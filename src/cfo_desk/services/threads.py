@@ -6,8 +6,9 @@ existing message; it copies no message, data or artifact, so its cost is one row
 
 Branches inside a thread are siblings in the same tree: every message names the thread whose turn
 wrote it (`Message.thread_id`). A message's branches in thread T are the messages with the same
-parent written in T, plus the message itself, ordered by id (creation). A fork's messages are never
-branches of its source, nor the reverse. Messages older than revision 0006 that no run named
+parent written in T, plus the message itself, ordered by id (creation); in a fork, the path it was
+forked with counts as its own. A fork's messages are never branches of its source, nor the
+reverse (the source's later turns never show in the fork). Messages older than revision 0006 that no run named
 (`thread_id` NULL) show no branches but themselves.
 """
 
@@ -300,8 +301,9 @@ def delete_thread(*, session: Session, thread_id: int) -> None:
     """Delete a thread, then the messages (and artifact files) nothing keeps any more.
 
     A message is kept while the thread that wrote it exists (so every branch of every other
-    thread stays) or while any thread's head reaches it (a fork keeps its whole path, whoever
-    wrote it); the ancestors of a kept message are kept too.
+    thread stays) or while any thread's head or fork point reaches it (a fork keeps its whole
+    path and the one it was forked with, whoever wrote them); the ancestors of a kept message are
+    kept too.
     """
     thread = get_thread(session=session, thread_id=thread_id)
     ws = session.get(Workspace, thread.workspace_id)
@@ -343,11 +345,16 @@ _CHUNK = 5_000  # ids per IN (...) list: well under SQLite's and PostgreSQL's bo
 
 def _unreachable_message_ids(*, session: Session, workspace_id: int) -> list[int]:
     """Messages of the workspace that nothing keeps (one recursive query): kept are the messages
-    written by a thread that still exists, the heads of the threads, and every ancestor of those."""
+    written by a thread that still exists, the heads of the threads, the messages forks were made
+    from (a fork's inherited branch), and every ancestor of those."""
     live = sa_select(Thread.id).where(Thread.workspace_id == workspace_id)
     heads = sa_select(Thread.head_message_id).where(Thread.workspace_id == workspace_id, Thread.head_message_id.is_not(None))
+    fork_points = sa_select(Thread.forked_from_message_id).where(
+        Thread.workspace_id == workspace_id, Thread.forked_from_message_id.is_not(None)
+    )
     seeds = sa_select(Message.id.label("id")).where(
-        Message.workspace_id == workspace_id, Message.thread_id.in_(live) | Message.id.in_(heads)
+        Message.workspace_id == workspace_id,
+        Message.thread_id.in_(live) | Message.id.in_(heads) | Message.id.in_(fork_points),
     )
     reach = seeds.cte("reach", recursive=True)
     step = sa_select(Message.parent_id.label("id")).join(reach, Message.id == reach.c.id).where(Message.parent_id.is_not(None))
@@ -392,16 +399,29 @@ class Siblings:
     count: int
 
 
+def _inherited(session: Session, thread: Thread | None) -> dict[int | None, int]:
+    """A fork's inherited messages: the path from the root to the message it was forked from,
+    as {parent_id: message id} (one recursive query; empty for a thread that is not a fork)."""
+    if thread is None or thread.forked_from_message_id is None:
+        return {}
+    path = _path_cte(thread.forked_from_message_id)
+    return {p: i for i, p in session.execute(sa_select(path.c.id, path.c.parent_id)).all()}
+
+
 def siblings(*, session: Session, thread_id: int, message_ids: list[int]) -> dict[int, Siblings]:
     """The branches of each of these messages in the thread (usually the messages of its path):
-    the messages with the same parent written in this thread, plus the message itself, by id.
+    the messages with the same parent written in this thread, plus the message itself, by id. In a
+    fork, the messages it was forked with (the path to its fork point, written in the source)
+    count as its own too: after the fork edits an inherited question, ‹1/2› leads back to it.
 
     Two queries whatever the number of messages (their parents, then the siblings written in the
-    thread). Messages that no longer exist are left out of the result."""
+    thread), one more in a fork. Messages that no longer exist are left out of the result."""
     ids = list(dict.fromkeys(message_ids))
     if not ids:
         return {}
     rows = session.execute(sa_select(Message.id, Message.parent_id, Message.workspace_id).where(Message.id.in_(ids))).all()
+    if not rows:
+        return {}
     parents = {r.parent_id for r in rows if r.parent_id is not None}
     roots = any(r.parent_id is None for r in rows)
     cond = Message.parent_id.in_(parents) if parents else None
@@ -410,6 +430,8 @@ def siblings(*, session: Session, thread_id: int, message_ids: list[int]) -> dic
         cond = root_cond if cond is None else (cond | root_cond)
     children: dict[int | None, set[int]] = {}
     for sid, pid in session.execute(sa_select(Message.id, Message.parent_id).where(Message.thread_id == thread_id, cond)).all():
+        children.setdefault(pid, set()).add(sid)
+    for pid, sid in _inherited(session, session.get(Thread, thread_id)).items():
         children.setdefault(pid, set()).add(sid)
     out: dict[int, Siblings] = {}
     for r in rows:
@@ -457,24 +479,31 @@ def newest_leaf(*, session: Session, thread_id: int, message_id: int) -> int:
 
 def switch_branch(*, session: Session, thread_id: int, message_id: int) -> Thread:
     """Show another branch: move the thread's head to the most recent leaf (`newest_leaf`) of
-    `message_id`, a message written in this thread or on its current path. Runs nothing; every
-    branch keeps its answers, artifacts and exact model history. When the message is on the
-    current path and nothing below it was written in this thread (e.g. a fork's inherited
-    messages), the head stays. Raises NotFound (message gone, or not one of this thread's
+    `message_id`, a message written in this thread, on its current path, or (in a fork) on the
+    path it was forked with. Runs nothing; every branch keeps its answers, artifacts and exact
+    model history. When nothing below the message was written in this thread, the head stays if
+    the message is on the current path, goes to the fork point for a fork's inherited message,
+    else to the message itself. Raises NotFound (message gone, or not one of this thread's
     branches), Conflict while a run of the thread is queued or running."""
     thread = get_thread(session=session, thread_id=thread_id)
     msg = session.get(Message, message_id)
     if msg is None or msg.workspace_id != thread.workspace_id:
         raise NotFound("That message no longer exists.")
     on_path = is_on_path(session=session, head_id=thread.head_message_id, message_id=message_id)
-    if msg.thread_id != thread.id and not on_path:
+    inherited = set(_inherited(session, thread).values()) if msg.thread_id != thread.id and not on_path else set()
+    if msg.thread_id != thread.id and not on_path and message_id not in inherited:
         raise NotFound("That message is not a branch of this thread.")
     if _open_run(session, thread.id):
         raise Conflict(RUN_OPEN)
     rows = _subtree(session, message_id)
     leaf = _newest_leaf_in([r for r in rows if r[0] != message_id], thread.id)
     if leaf is None:
-        leaf = thread.head_message_id if on_path else message_id
+        if on_path:
+            leaf = thread.head_message_id
+        elif message_id in inherited:
+            leaf = thread.forked_from_message_id  # the end of the inherited path below it
+        else:
+            leaf = message_id
     if leaf != thread.head_message_id:
         touch_thread(session=session, thread=thread, head_message_id=leaf)
     session.commit()
@@ -496,8 +525,8 @@ class BranchDeletion:
 def delete_branch(*, session: Session, thread_id: int, message_id: int) -> BranchDeletion:
     """Delete a branch of the thread: `message_id` (written in this thread) and its descendants
     written in this thread, with their artifacts and result files. Every other branch stays whole,
-    and so does anything another thread uses: a message reached by another thread's head (a fork)
-    or with another thread's messages below it is kept, with its ancestors. When the head was
+    and so does anything another thread uses: a message reached by another thread's head or fork
+    point (a fork) or with another thread's messages below it is kept, with its ancestors. When the head was
     inside the branch it moves to the newest remaining leaf under the branch's parent (the parent
     itself when none; for a first question with no other branch, the thread becomes empty).
 
@@ -511,13 +540,13 @@ def delete_branch(*, session: Session, thread_id: int, message_id: int) -> Branc
         raise Conflict(RUN_OPEN)
     rows = _subtree(session, message_id)
     parent_of = {i: p for i, p, _ in rows}
-    other_heads = set(
-        session.execute(
-            sa_select(Thread.head_message_id).where(
-                Thread.workspace_id == thread.workspace_id, Thread.id != thread.id, Thread.head_message_id.is_not(None)
-            )
-        ).scalars()
-    )
+    other_heads: set[int] = set()
+    for head_id, fork_point in session.execute(
+        sa_select(Thread.head_message_id, Thread.forked_from_message_id).where(
+            Thread.workspace_id == thread.workspace_id, Thread.id != thread.id
+        )
+    ).all():
+        other_heads.update(x for x in (head_id, fork_point) if x is not None)
     protected: set[int] = set()
     for i, _, t in rows:
         node = i if (t != thread.id or i in other_heads) else None
@@ -720,7 +749,11 @@ def _compare_head(session: Session, thread: Thread, head: int | None) -> int | N
     msg = session.get(Message, head)
     if msg is None or msg.workspace_id != thread.workspace_id:
         raise NotFound("That message no longer exists.")
-    if msg.thread_id != thread.id and not is_on_path(session=session, head_id=thread.head_message_id, message_id=head):
+    if (
+        msg.thread_id != thread.id
+        and not is_on_path(session=session, head_id=thread.head_message_id, message_id=head)
+        and head not in _inherited(session, thread).values()
+    ):
         raise NotFound("That message is not part of this thread.")
     return head
 
