@@ -9,7 +9,8 @@
       whole path to check the message was on it; that old check is printed for reference);
     - fork at the root: walks the whole path (O(depth)), for reference;
     - conversation load: one recursive query plus the rows (O(depth): every message is read);
-    - siblings of the whole path (two queries) and a branch switch at the head's question.
+    - siblings of the whole path: `siblings` with the path's ids (read first), and `path_siblings`
+      (the path's ids never leave the store), and a branch switch at the head's question.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def measure(label: str) -> None:
             "siblings of path": lambda tid, root, head: threads.siblings(
                 session=s, thread_id=tid, message_ids=threads.path_ids(session=s, message_id=head)
             ),
+            "path_siblings": lambda tid, root, head: threads.path_siblings(session=s, thread_id=tid),
             "switch branch": lambda tid, root, head: threads.switch_branch(session=s, thread_id=tid, message_id=head - 1),
         }
         for name, op in ops.items():

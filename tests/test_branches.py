@@ -675,3 +675,23 @@ def test_delete_a_branch_keeps_a_forks_inherited_path(session):
     assert gone.thread.head_message_id == a1.id
     threads_svc.switch_branch(session=session, thread_id=fork.id, message_id=a1.parent_id)
     assert path(session, fork.id) == ["Q1", "one", "Q2", "two"]
+
+
+def test_path_siblings_match_siblings(session):
+    ws, t = new_thread(session)
+    a1 = ask(session, t.id, "Q1")
+    run(runs.edit_question(session=session, thread_id=t.id, message_id=a1.parent_id, content="Q1 b"), "one b")
+    b2 = ask(session, t.id, "Q2")
+    run(runs.regenerate(session=session, thread_id=t.id, message_id=b2.id), "two b")
+    fork = threads_svc.fork_thread(session=session, thread_id=t.id, message_id=b2.parent_id)
+    run(runs.edit_question(session=session, thread_id=fork.id, message_id=b2.parent_id, content="Q2 in fork"), "fork two")
+    for thread_id, counts in ((t.id, [2, 1, 1, 2]), (fork.id, [1, 1, 2, 1])):  # the source's first Q1 is not the fork's
+        ids = [m.id for m in threads_svc.conversation(session=session, thread_id=thread_id)]
+        with QueryCounter(session) as qc:
+            got = threads_svc.path_siblings(session=session, thread_id=thread_id)
+        assert qc.n <= 4
+        assert got == threads_svc.siblings(session=session, thread_id=thread_id, message_ids=ids)
+        assert [got[i].count for i in ids] == counts
+    assert threads_svc.path_siblings(session=session, thread_id=t.id, head_id=a1.id)[a1.parent_id].index == 0
+    empty = threads_svc.create_thread(session=session, workspace_id=ws.id)
+    assert threads_svc.path_siblings(session=session, thread_id=empty.id) == {}

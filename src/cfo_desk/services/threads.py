@@ -46,6 +46,7 @@ __all__ = [  # Message, MessageStatus, Role, Thread, utcnow are re-exported for 
     "forks_of",
     "is_on_path",
     "newest_leaf",
+    "path_siblings",
     "siblings",
     "switch_branch",
     "unarchive_thread",
@@ -437,6 +438,33 @@ def siblings(*, session: Session, thread_id: int, message_ids: list[int]) -> dic
     for r in rows:
         group = tuple(sorted(children.get(r.parent_id, set()) | {r.id}))
         out[r.id] = Siblings(group, group.index(r.id), len(group))
+    return out
+
+
+def path_siblings(*, session: Session, thread_id: int, head_id: int | None = None) -> dict[int, Siblings]:
+    """`siblings` of every message on the thread's path (to `head_id`, default its head), without
+    sending the path's ids back to the store: one recursive query for the path, one for the
+    siblings written in the thread under the path's parents (one more in a fork). For long
+    threads (thousands of messages) this avoids `siblings`' id lists."""
+    thread = get_thread(session=session, thread_id=thread_id)
+    head_id = thread.head_message_id if head_id is None else head_id
+    if head_id is None:
+        return {}
+    path = _path_cte(head_id)
+    rows = session.execute(sa_select(path.c.id, path.c.parent_id)).all()
+    parents = sa_select(path.c.parent_id).where(path.c.parent_id.is_not(None))
+    cond = Message.parent_id.in_(parents)
+    if any(p is None for _, p in rows):
+        cond = cond | (Message.parent_id.is_(None) & (Message.workspace_id == thread.workspace_id))
+    children: dict[int | None, set[int]] = {}
+    for sid, pid in session.execute(sa_select(Message.id, Message.parent_id).where(Message.thread_id == thread.id, cond)).all():
+        children.setdefault(pid, set()).add(sid)
+    for pid, sid in _inherited(session, thread).items():
+        children.setdefault(pid, set()).add(sid)
+    out: dict[int, Siblings] = {}
+    for mid, pid in rows:
+        group = tuple(sorted(children.get(pid, set()) | {mid}))
+        out[mid] = Siblings(group, group.index(mid), len(group))
     return out
 
 
