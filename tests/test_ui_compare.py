@@ -53,3 +53,20 @@ def test_compare_a_thread_and_its_fork():
     assert frame.loc[0, "Left"] != frame.loc[0, "Right"] and frame.loc[0, "Change"] == "-20.0%"
     styles = table.proto.arrow_data.styler.styles
     assert "row0_col0" in styles and "row1_col0" not in styles  # only the MRR row is highlighted
+
+
+def test_compare_two_branches_of_one_thread():
+    use_model(_model(1000.0))
+    at = app()
+    create_workspace(at, "Branches")
+    at.chat_input[0].set_value("MRR?").run()
+    settle(at)
+    use_model(_model(900.0))
+    at.button(key=next(b.key for b in at.button if b.key and b.key.startswith("regen_"))).click().run()  # a second branch
+    settle(at)
+    at.switch_page("views/compare.py").run()
+    at.segmented_control(key=next(s.key for s in at.segmented_control)).set_value("Two branches of a thread").run()
+    assert not at.exception, at.exception
+    shown = texts(at)
+    assert "They share their first 1 message(s)" in shown and "1 key figure(s) differ" in shown
+    assert "MRR is 900.0." in shown and "MRR is 1000.0." in shown

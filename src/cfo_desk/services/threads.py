@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from sqlalchemy import delete, exists, func, literal, select as sa_select
+from sqlalchemy.orm import aliased
 from sqlmodel import Session, select
 
 from cfo_desk.services.errors import Conflict, InvalidInput, NotFound
@@ -494,6 +495,43 @@ def _newest_leaf_in(rows: list[tuple[int, int | None, int | None]], thread_id: i
     with_child = {p for i, p, _ in rows if i in mine}
     leaves = mine - with_child
     return max(leaves) if leaves else None
+
+
+@dataclass(frozen=True)
+class BranchLeaf:
+    """The end of one branch of a thread: its last message and the question that starts its last
+    turn (for a label); `is_head` for the branch the thread shows."""
+
+    message_id: int
+    question: str
+    is_head: bool
+
+
+MAX_BRANCH_LEAVES = 100
+"""Branches `branch_leaves` lists (newest first)."""
+
+
+def branch_leaves(*, session: Session, thread_id: int) -> list[BranchLeaf]:
+    """The ends of the thread's branches, newest first (at most MAX_BRANCH_LEAVES): the messages
+    written in the thread with no child written in it, and the head. Two queries."""
+    thread = get_thread(session=session, thread_id=thread_id)
+    child = aliased(Message)
+    has_child = sa_select(child.id).where(child.parent_id == Message.id, child.thread_id == thread_id).exists()
+    ids = [r[0] for r in session.execute(
+        sa_select(Message.id).where(Message.thread_id == thread_id, ~has_child).order_by(Message.id.desc()).limit(MAX_BRANCH_LEAVES)
+    ).all()]
+    if thread.head_message_id is not None and thread.head_message_id not in ids:
+        ids.insert(0, thread.head_message_id)
+    rows = {m.id: m for m in session.exec(select(Message).where(Message.id.in_(ids)))}
+    parents = {m.id: m for m in session.exec(select(Message).where(Message.id.in_({m.parent_id for m in rows.values() if m.parent_id})))}
+    out = []
+    for i in ids:
+        m = rows.get(i)
+        if m is None:
+            continue
+        q = m if m.role == Role.user else parents.get(m.parent_id)
+        out.append(BranchLeaf(i, " ".join((q.content if q else m.content).split()), i == thread.head_message_id))
+    return out
 
 
 def newest_leaf(*, session: Session, thread_id: int, message_id: int) -> int:

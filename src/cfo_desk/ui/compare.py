@@ -31,8 +31,8 @@ def render() -> None:
         return
     with open_session() as session:
         threads = threads_svc.list_threads(session=session, workspace_id=ws_id, archived=None, limit=None)
-    if len(threads) < 2:
-        st.info("Compare needs two threads: fork a thread (Fork from here) and ask the fork something else.")
+    if not threads:
+        st.info("Nothing to compare yet: ask a question, then fork it or edit it into a new branch.")
         return
     titles = {t.id: t.title for t in threads}
     by_id = {t.id: t for t in threads}
@@ -40,17 +40,41 @@ def render() -> None:
     left_default = current if current in titles else threads[0].id
     source = by_id[left_default].forked_from_thread_id
     right_default = source if source in titles else next(
-        (t.id for t in threads if t.forked_from_thread_id == left_default), next(t.id for t in threads if t.id != left_default)
+        (t.id for t in threads if t.forked_from_thread_id == left_default), next((t.id for t in threads if t.id != left_default), left_default)
     )
+    mode = st.segmented_control("Compare", options=["Two threads", "Two branches of a thread"], default="Two threads", key=f"cmp_mode_{ws_id}")
     a, b = st.columns(2)
-    left = a.selectbox("Left", options=list(titles), index=list(titles).index(left_default), format_func=titles.get, key=f"cmp_left_{ws_id}")
-    right = b.selectbox("Right", options=list(titles), index=list(titles).index(right_default), format_func=titles.get, key=f"cmp_right_{ws_id}")
-    if left == right:
-        st.info("Pick two different threads.")
+    heads: tuple[int | None, int | None] = (None, None)
+    if mode == "Two branches of a thread":
+        left = right = st.selectbox("Thread", options=list(titles), index=list(titles).index(left_default), format_func=titles.get, key=f"cmp_thread_{ws_id}")
+        with open_session() as session:
+            leaves = threads_svc.branch_leaves(session=session, thread_id=left)
+        if len(leaves) < 2:
+            st.info("This thread has one branch. Edit a question or regenerate an answer to make another.")
+            return
+        labels = {lf.message_id: f"{_short(lf.question, 60)} · #{lf.message_id}" + (" (shown)" if lf.is_head else "") for lf in leaves}
+        ids = list(labels)
+        heads = (
+            a.selectbox("Left branch", options=ids, index=0, format_func=labels.get, key=f"cmp_lb_{left}"),
+            b.selectbox("Right branch", options=ids, index=1, format_func=labels.get, key=f"cmp_rb_{left}"),
+        )
+        if heads[0] == heads[1]:
+            st.info("Pick two different branches.")
+            return
+        side_titles = (labels[heads[0]], labels[heads[1]])
+    elif len(threads) < 2:
+        st.info("Two threads are needed: fork a thread (Fork from here) and ask the fork something else, or compare two branches of a thread.")
         return
+    else:
+        left = a.selectbox("Left", options=list(titles), index=list(titles).index(left_default), format_func=titles.get, key=f"cmp_left_{ws_id}")
+        right = b.selectbox("Right", options=list(titles), index=list(titles).index(right_default), format_func=titles.get, key=f"cmp_right_{ws_id}")
+        if left == right:
+            st.info("Pick two different threads.")
+            return
+        side_titles = (titles[left], titles[right])
     try:
         with open_session() as session:
-            cmp = threads_svc.compare(session=session, left_thread_id=left, right_thread_id=right)
+            cmp = threads_svc.compare(session=session, left_thread_id=left, right_thread_id=right, left_head=heads[0], right_head=heads[1])
     except ServiceError as exc:
         st.warning(safe_label(str(exc)))
         return
@@ -63,8 +87,8 @@ def render() -> None:
         with st.container(border=True):
             st.markdown(f"**Turn {n} after the divergence**" + ("  :orange-badge[figures differ]" if pair.changed else ""))
             lcol, rcol = st.columns(2)
-            _side(lcol, pair.left, titles[left])
-            _side(rcol, pair.right, titles[right])
+            _side(lcol, pair.left, side_titles[0])
+            _side(rcol, pair.right, side_titles[1])
             if pair.figures:
                 _figures(pair.figures, key=f"cmp_fig_{left}_{right}_{n}")
     if len(cmp.pairs) > MAX_PAIRS:
