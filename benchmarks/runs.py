@@ -24,7 +24,6 @@ Every scenario has its own temporary CFO_DESK_HOME (SQLite store inside). No rea
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import statistics
@@ -57,29 +56,19 @@ def fresh_home(**env: str) -> Iterator[Path]:
     """A temporary CFO_DESK_HOME (SQLite store inside) with `env` set; restores everything after
     (worker stopped, engines closed, settings re-read, model override cleared, folder removed)."""
     from cfo_desk.agent.core import use_model
-    from cfo_desk.config import get_settings
     from cfo_desk.services import worker
-    from cfo_desk.storage.db import dispose_engines
+    from cfo_desk.storage.db import switched_environment
 
     tmp = Path(tempfile.mkdtemp(prefix="cfo-bench-runs-"))
-    saved = {k: os.environ.get(k) for k in SCENARIO_ENV}
-    os.environ.pop("DATABASE_URL", None)
-    os.environ["CFO_DESK_HOME"] = str(tmp / "home")
-    os.environ.update(env)
-    get_settings.cache_clear()
-    dispose_engines()
+    values = {"DATABASE_URL": None, "CFO_DESK_HOME": str(tmp / "home")} | env
     try:
-        yield tmp
+        with switched_environment(**values):
+            try:
+                yield tmp
+            finally:
+                worker.shutdown_worker()
+                use_model(None)
     finally:
-        worker.shutdown_worker()
-        use_model(None)
-        dispose_engines()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        get_settings.cache_clear()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

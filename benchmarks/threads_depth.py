@@ -97,39 +97,25 @@ def measure(label: str) -> None:
 def main() -> None:
     from pydantic_ai import models
 
-    from cfo_desk.config import get_settings
-    from cfo_desk.storage.db import dispose_engines
+    from cfo_desk.storage.db import switched_environment, use_environment
 
     models.ALLOW_MODEL_REQUESTS = False
-    saved = {k: os.environ.get(k) for k in ("CFO_DESK_HOME", "DATABASE_URL")}
     tmp = Path(tempfile.mkdtemp(prefix="cfo-bench-depth-"))
     try:
-        os.environ["CFO_DESK_HOME"] = str(tmp / "home")
-        os.environ.pop("DATABASE_URL", None)
-        get_settings.cache_clear()
-        dispose_engines()
-        measure("SQLite")
-        pg = os.environ.get("CFO_DESK_TEST_PG_URL")
-        if pg:
-            from sqlalchemy import create_engine, text
+        with switched_environment(CFO_DESK_HOME=str(tmp / "home"), DATABASE_URL=None):
+            measure("SQLite")
+            pg = os.environ.get("CFO_DESK_TEST_PG_URL")
+            if pg:
+                from sqlalchemy import create_engine, text
 
-            engine = create_engine(pg)
-            with engine.begin() as con:
-                con.execute(text("DROP SCHEMA public CASCADE"))
-                con.execute(text("CREATE SCHEMA public"))
-            engine.dispose()
-            os.environ["DATABASE_URL"] = pg
-            get_settings.cache_clear()
-            dispose_engines()
-            measure("PostgreSQL")
+                engine = create_engine(pg)
+                with engine.begin() as con:
+                    con.execute(text("DROP SCHEMA public CASCADE"))
+                    con.execute(text("CREATE SCHEMA public"))
+                engine.dispose()
+                use_environment(DATABASE_URL=pg)
+                measure("PostgreSQL")
     finally:
-        dispose_engines()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        get_settings.cache_clear()
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from datetime import UTC, date, datetime
+from datetime import date
 from functools import lru_cache
 from typing import Any
 
@@ -242,11 +242,7 @@ def make_workbook(deps: AgentDeps, spec: wb.WorkbookSpec) -> dict[str, Any]:
     `<handle>.xlsx`, keep its computed preview beside it, record it as a deliverable, and return
     its handle, sheets and the computed values of its model sheets (at most
     MAX_PREVIEW_TO_MODEL_CELLS cells). A refused spec raises ModelRetry with the reason."""
-    refs = deps.result_refs()
-    results = {
-        h: wb.ResultInfo(r.handle, r.purpose, r.sql, r.parquet_path, r.datasets_read, r.ran_at or datetime.now(UTC), r.columns, r.row_count)
-        for h, r in refs.items()
-    }
+    results = deps.result_refs()  # deliverables.workbook.ResultInfo each
     deps.run_dir.mkdir(parents=True, exist_ok=True)
     pending = deps.run_dir / f"pending-{uuid.uuid4().hex}.xlsx"
     try:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cfo_desk.analytics.sandbox import QUERY_TIMEOUT_S, RESULT_ROW_LIMIT, ROWS_TO_MODEL, QueryRun
+from cfo_desk.deliverables.workbook import ResultInfo
 
 
 @dataclass(frozen=True)
@@ -45,20 +46,10 @@ class QueryResultRecord:
     ran_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
-@dataclass(frozen=True)
-class ResultRef:
-    """A result a key figure, chart or workbook may use: this turn's or an earlier turn's on the
-    same path. `columns` are [{"name", "type"}] (DuckDB types); `datasets_read` are
-    [{"table", "dataset_id", "sha256", "source"}]; `ran_at` is UTC."""
-
-    handle: str
-    purpose: str
-    sql: str
-    parquet_path: Path
-    columns: list[dict[str, str]]
-    row_count: int
-    datasets_read: list[dict[str, Any]]
-    ran_at: datetime | None
+ResultRef = ResultInfo
+"""A result a key figure, chart or workbook may use: this turn's or an earlier turn's on the same
+path (deliverables.workbook.ResultInfo: handle, purpose, sql, parquet_path, datasets_read, ran_at,
+columns, row_count)."""
 
 
 @dataclass
@@ -133,7 +124,8 @@ class AgentDeps:
         with self._lock:
             now = {
                 r.handle: ResultRef(
-                    r.handle, r.purpose, r.sql, r.run.parquet_path, r.run.columns, r.run.row_count, datasets_read(r.run, by_table), r.ran_at
+                    handle=r.handle, purpose=r.purpose, sql=r.sql, parquet_path=r.run.parquet_path, columns=r.run.columns,
+                    row_count=r.run.row_count, datasets_read=datasets_read(r.run, by_table), ran_at=r.ran_at,
                 )
                 for r in self.results
                 if r.run.parquet_path

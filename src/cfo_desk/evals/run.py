@@ -20,7 +20,6 @@ expected and answered figures, the SQL run, tokens and seconds, plus totals; `wr
 from __future__ import annotations
 
 import json
-import os
 import re
 import tempfile
 import time
@@ -221,27 +220,15 @@ def private_home(home: Path | None = None) -> Iterator[Path]:
     `home` None: a new temporary folder, removed afterwards. `CFO_DESK_HOME` and `DATABASE_URL`
     are set in the environment (so the store and workspaces live there, whatever `.env` says)
     and restored on exit; the settings cache and store engines are reset both ways."""
-    from cfo_desk.config import get_settings
-    from cfo_desk.storage.db import dispose_engines
+    from cfo_desk.storage.db import switched_environment
 
-    saved = {k: os.environ.get(k) for k in ("CFO_DESK_HOME", "DATABASE_URL")}
     tmp = tempfile.TemporaryDirectory(prefix="cfo-desk-eval-") if home is None else None
     root = Path(tmp.name if tmp else home).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    os.environ["CFO_DESK_HOME"] = str(root)
-    os.environ["DATABASE_URL"] = f"sqlite:///{root / 'cfo_desk.db'}"
-    get_settings.cache_clear()
-    dispose_engines()
     try:
-        yield root
+        with switched_environment(CFO_DESK_HOME=str(root), DATABASE_URL=f"sqlite:///{root / 'cfo_desk.db'}"):
+            yield root
     finally:
-        dispose_engines()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        get_settings.cache_clear()
         if tmp is not None:
             tmp.cleanup()
 

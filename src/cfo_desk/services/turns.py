@@ -190,7 +190,7 @@ def plan_turn(*, session: Session, thread_id: int, user_message_id: int) -> Turn
         datasets=datasets,
         first_handle=results_so_far + 1,
         earlier_results={
-            a.handle: ResultRef(a.handle, a.title, a.sql or "", workspace_dir(ws.key) / a.file_path, a.columns, a.row_count, a.datasets_read, a.created_at)
+            a.handle: ResultRef.from_artifact(a, workspace_dir(ws.key) / a.file_path)
             for a in earlier
             if a.kind == "query_result"
         },

@@ -42,6 +42,7 @@ does the same against the dev store).
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -247,6 +248,32 @@ def dispose_engines() -> None:
         for engine in _engines.values():
             engine.dispose()
         _engines.clear()
+
+
+def use_environment(**values: str | None) -> None:
+    """Set (a str) or remove (None) these environment variables, then re-read the settings and
+    close every store engine, so the next store call follows them (`switched_environment`)."""
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    get_settings.cache_clear()
+    dispose_engines()
+
+
+@contextmanager
+def switched_environment(**values: str | None) -> Iterator[None]:
+    """For the block, run against other settings (e.g. CFO_DESK_HOME, DATABASE_URL: a private
+    store for an evaluation or a benchmark): `use_environment(**values)` on entry; on exit the
+    engines are closed and the variables and settings are restored as they were. Not for use while
+    other threads use the store."""
+    saved = {key: os.environ.get(key) for key in values}
+    use_environment(**values)
+    try:
+        yield
+    finally:
+        use_environment(**saved)
 
 
 @contextmanager
