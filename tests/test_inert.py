@@ -198,6 +198,8 @@ def _strings(node, out: list[tuple[str, str]]) -> None:
                 for v in value:
                     walk(v, key)
             elif isinstance(value, str) and key not in ("id", "formId", "key", "sql", "language", "placeholder", "icon", "defaultValue"):
+                if kind in ("text_area", "text_input") and key in ("default", "value"):
+                    return  # what an input box holds is shown as plain text in it (the edit box holds the question)
                 out.append((f"{kind}.{key}", value))
 
         try:

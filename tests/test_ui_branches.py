@@ -85,7 +85,7 @@ def test_fork_from_a_question_opens_it_for_editing():
     assert not at.exception, at.exception
     assert "Answer 2 to: Churn in 2024, annual contracts only?" in texts(at)
     assert seen[-1] == ["Churn in 2024, annual contracts only?"]
-    assert _branch_label(at) == []  # the source's question is no branch of the fork's
+    assert _branch_label(at) == ["2/2"]  # the question it was forked with is the fork's branch 1
 
     at.sidebar.button(key=f"thread_{source_thread}").click().run()  # the source is unchanged
     assert "Answer 1 to: Churn in 2024?" in texts(at) and "annual contracts" not in texts(at)
