@@ -11,7 +11,8 @@ OUT = ROOT / "docs" / "screenshot.png"
 from stub_openai import StubOpenAIServer, Reply, ToolCall
 from playwright.sync_api import sync_playwright
 
-SQL = """SELECT DATE '2024-12-31' AS as_of, round(sum(mrr_usd), 2) AS mrr_usd, count(DISTINCT customer_id) AS active_customers
+SQL = """SELECT DATE '2024-12-31' AS as_of, round(sum(mrr_usd), 2) AS mrr_usd, round(12 * sum(mrr_usd), 2) AS arr_usd,
+  count(DISTINCT customer_id) AS active_customers
 FROM subscriptions
 WHERE start_date <= DATE '2024-12-31' AND (end_date IS NULL OR end_date >= DATE '2024-12-31')"""
 
@@ -20,14 +21,14 @@ def policy(req):
     if last["role"] == "user":
         return Reply(tool_calls=[ToolCall("run_sql", {"purpose": "MRR and active customers at 31 Dec 2024", "sql": SQL})])
     content = json.loads(last["content"]) if isinstance(last["content"], str) else last["content"]
-    month, mrr, cust = content["rows"][0]
+    month, mrr, arr, cust = content["rows"][0]
     tool = next(t["function"]["name"] for t in req["tools"] if "FinalAnswer" in t["function"]["name"])
     return Reply(tool_calls=[ToolCall(tool, {
         "answer_markdown": f"**MRR in December 2024 was ${mrr:,.2f}** (q1): the sum of `mrr_usd` over the subscriptions of the {cust} customers active on 31 December 2024 "
                            "(started on or before that day, and not ended before it). Annual contracts are already normalised to a monthly amount (annual price / 12). "
-                           f"ARR is therefore **${mrr*12:,.2f}** and ARPU **${mrr/cust:,.2f}** per active customer.",
-        "key_figures": [{"label": "MRR, Dec 2024", "value": mrr, "unit": "USD", "period": "2024-12", "query": "q1"},
-                        {"label": "ARR (12 × MRR)", "value": mrr*12, "unit": "USD", "period": "2024-12", "query": "q1"},
+                           f"ARR is therefore **${arr:,.2f}** and ARPU **${mrr/cust:,.2f}** per active customer.",
+        "key_figures": [{"label": "MRR, Dec 2024", "value": mrr, "unit": "USD", "period": "2024-12", "query": "q1", "column": "mrr_usd"},
+                        {"label": "ARR (12 × MRR)", "value": arr, "unit": "USD", "period": "2024-12", "query": "q1", "column": "arr_usd"},
                         {"label": "Active customers", "value": cust, "unit": "customers", "period": "2024-12-31", "query": "q1"}],
         "assumptions": ["Calendar months", "USD", "end_date is the last day of service"]})])
 
