@@ -110,3 +110,19 @@ def test_lineage_links_both_ways():
     assert link.label == "MRR in December? · fork 1"
     link.click().run()
     assert at.session_state["thread_id"] == fork_thread
+
+
+def test_delete_a_branch_keeps_the_other():
+    use_model(_answering_model([]))
+    at = app()
+    create_workspace(at, "Delete")
+    at.chat_input[0].set_value("Burn rate?").run()
+    settle(at)
+    at.button(key=next(b.key for b in at.button if b.key and b.key.startswith("regen_"))).click().run()
+    settle(at)
+    assert "Answer 2 to: Burn rate?" in texts(at) and _branch_label(at) == ["2/2"]
+    at.button(key=next(b.key for b in at.button if b.key and b.key.startswith("delete_branch_"))).click().run()
+    assert not at.exception, at.exception
+    shown = texts(at)
+    assert "Answer 1 to: Burn rate?" in shown and "Answer 2" not in shown  # the other branch, whole
+    assert _branch_label(at) == []

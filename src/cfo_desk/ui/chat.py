@@ -594,6 +594,18 @@ def _branch_nav(row, msg: Message, thread_id: int, branches: threads_svc.Sibling
     row.caption(f"{i + 1}/{n}", width="content")
     if row.button("›", key=f"branch_next_{msg.id}", type="tertiary", disabled=i == n - 1, help="Next branch"):
         _switch(thread_id, branches.ids[i + 1])
+    if msg.thread_id == thread_id:  # a branch this thread wrote can be deleted; the others stay whole
+        with row.popover("Delete branch", icon=":material/delete:", type="tertiary"):
+            st.caption("Deletes this branch from here down: its questions, answers and results. Other branches and forks stay whole.")
+            if st.button("Delete this branch", key=f"delete_branch_{msg.id}", type="primary"):
+                try:
+                    with open_session() as session:
+                        threads_svc.delete_branch(session=session, thread_id=thread_id, message_id=msg.id)
+                except ServiceError as exc:
+                    state.flash(safe_label(str(exc)), "error")
+                else:
+                    state.flash("Deleted the branch; the thread shows the branch before it.", "info")
+                st.rerun()
 
 
 def _message_footer(msg: Message, thread_id: int, branches: threads_svc.Siblings | None = None, *, can_branch: bool = False) -> None:
