@@ -102,3 +102,8 @@ def result_content(ret: ToolReturnPart) -> dict[str, Any]:
     """The run_sql tool return as a dict (content may arrive as JSON text)."""
     c = ret.content
     return json.loads(c) if isinstance(c, str) else c
+
+
+def retried_texts(messages: list[ModelMessage]) -> list[str]:
+    """What the model was told each time a tool call or its output was sent back (ModelRetry)."""
+    return [str(p.content) for m in messages if isinstance(m, ModelRequest) for p in m.parts if getattr(p, "outcome", "success") != "success"]

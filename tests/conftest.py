@@ -82,3 +82,13 @@ def reap(procs: list) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+@pytest.fixture
+def sample(session):
+    """The sample workspace, ingested, and a new thread in it: (workspace, thread)."""
+    from cfo_desk.services import samples, threads as threads_svc
+
+    ws = samples.load_sample_workspace(session=session)
+    thread = threads_svc.create_thread(session=session, workspace_id=ws.id)
+    return ws, thread

@@ -8,7 +8,7 @@ from pydantic_ai.messages import ModelResponse, ToolCallPart
 
 from cfo_desk.analytics.sample_data import generate, reference_active_customers, reference_mrr
 from cfo_desk.services import artifacts as artifacts_svc
-from cfo_desk.services import samples, threads as threads_svc, turns
+from cfo_desk.services import turns
 from cfo_desk.services.datasets import list_datasets
 from cfo_desk.services.turns import Progress
 
@@ -17,13 +17,6 @@ SELECT round(sum(mrr_usd), 2) AS mrr_usd, count(DISTINCT customer_id) AS active_
 FROM subscriptions
 WHERE start_date <= DATE '2024-12-31' AND (end_date IS NULL OR end_date >= DATE '2024-12-31')
 """
-
-
-@pytest.fixture
-def sample(session):
-    ws = samples.load_sample_workspace(session=session)
-    thread = threads_svc.create_thread(session=session, workspace_id=ws.id)
-    return ws, thread
 
 
 def mrr_answer(returns):

@@ -11,26 +11,15 @@ import pytest
 from agent_script import sql_script
 from pydantic_ai.messages import ModelMessagesTypeAdapter
 from sqlalchemy import event
-from sqlmodel import func, select
 
 from cfo_desk.services import runs, turns, worker
 from cfo_desk.services import threads as threads_svc
 from cfo_desk.services import workspaces as ws_svc
 from cfo_desk.services.errors import Conflict, InvalidInput, NotFound
-from cfo_desk.storage.db import session_scope
 from cfo_desk.storage.models import Message, Run
-from test_threads import prompts_seen
+from test_threads import count, prompts_seen, session  # noqa: F401  (session: the SQLite + PostgreSQL fixture)
 
 
-@pytest.fixture
-def session(store):
-    """Every test here runs on SQLite and on PostgreSQL."""
-    with session_scope() as s:
-        yield s
-
-
-def count(session, model) -> int:
-    return session.exec(select(func.count()).select_from(model)).one()
 
 
 def answer_with(text: str, seen: list | None = None, sql: str = "SELECT 1 AS x"):

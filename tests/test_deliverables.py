@@ -10,15 +10,15 @@ import subprocess
 
 import openpyxl
 import pytest
-from agent_script import output_call, scripted, turn_returns
-from pydantic_ai.messages import ModelRequest, ModelResponse, ToolCallPart
+from agent_script import output_call, retried_texts, scripted, turn_returns
+from pydantic_ai.messages import ModelResponse, ToolCallPart
 from test_ui import app, settle, texts
 from test_workbook import BRIDGE_SQL
 
 from cfo_desk.agent.core import use_model
 from cfo_desk.analytics.sample_data import generate, reference_mrr
 from cfo_desk.services import artifacts as artifacts_svc
-from cfo_desk.services import samples, threads as threads_svc, turns
+from cfo_desk.services import threads as threads_svc, turns
 from cfo_desk.storage.files import workspace_dir
 
 SOFFICE = shutil.which("soffice")
@@ -67,23 +67,12 @@ def deliverables_model(seen: list, *, bad_first: bool = False):
     return scripted(plan)
 
 
-@pytest.fixture
-def sample(session):
-    ws = samples.load_sample_workspace(session=session)
-    thread = threads_svc.create_thread(session=session, workspace_id=ws.id)
-    return ws, thread
-
-
-def _retried(messages) -> list[str]:
-    return [str(p.content) for m in messages if isinstance(m, ModelRequest) for p in m.parts if getattr(p, "outcome", "success") != "success"]
-
-
 def test_the_agent_builds_a_chart_and_a_workbook_that_recalculates_to_the_sql_figures(session, sample, tmp_path):
     ws, thread = sample
     seen: list = []
     reply = turns.ask(session=session, thread_id=thread.id, content="Build a 2024 MRR bridge workbook with a chart", model=deliverables_model(seen, bad_first=True))
     assert reply.status == "ok", reply.error
-    told = " ".join(_retried(seen[-1]))
+    told = " ".join(retried_texts(seen[-1]))
     assert "ending_arr" in told and "ending_mrr" in told  # the chart's unknown field, with the columns it could use
     assert "HYPERLINK" in told and "refused" in told  # the formula refused, naming what
 

@@ -4,14 +4,14 @@ output validator), on real DuckDB results of the sample workspace; models are sc
 from __future__ import annotations
 
 import pytest
-from agent_script import output_call, result_content, scripted, turn_returns
-from pydantic_ai.messages import ModelRequest, ModelResponse, ToolCallPart, ToolReturnPart
+from agent_script import output_call, result_content, retried_texts, scripted, turn_returns
+from pydantic_ai.messages import ModelRequest, ModelResponse, ToolCallPart
 
 from cfo_desk.agent.core import OUTPUT_RETRIES
 from cfo_desk.agent.outputs import FinalAnswer, KeyFigure
 from cfo_desk.agent.tieout import figure_matches, tie_out
 from cfo_desk.analytics.sample_data import generate, reference_active_customers, reference_mrr
-from cfo_desk.services import samples, threads as threads_svc, turns
+from cfo_desk.services import turns
 
 MRR_SQL = """
 SELECT round(sum(mrr_usd), 2) AS mrr_usd, count(DISTINCT customer_id) AS active_customers
@@ -52,23 +52,6 @@ def test_figure_matches_after_its_rounding(value, cell, unit, ok):
     assert figure_matches(value, cell, unit) is ok
 
 
-@pytest.fixture
-def sample(session):
-    ws = samples.load_sample_workspace(session=session)
-    thread = threads_svc.create_thread(session=session, workspace_id=ws.id)
-    return ws, thread
-
-
-def _retry_texts(messages) -> list[str]:
-    """What the model was told when its output was sent back (the output tool's retried returns)."""
-    return [
-        str(p.content) if not hasattr(p, "model_response") else p.model_response()
-        for m in messages if isinstance(m, ModelRequest)
-        for p in m.parts
-        if getattr(p, "outcome", "success") != "success" or type(p).__name__ == "RetryPromptPart"
-    ]
-
-
 def _figures_model(figures_per_try, seen):
     """run_sql(MRR_SQL), then answer with figures_per_try[i] on the i-th output attempt."""
 
@@ -100,7 +83,7 @@ def test_a_figure_that_is_not_in_its_result_is_sent_back_and_fixed(session, samp
     (fig,) = reply.output["key_figures"]
     assert fig["value"] == right
     assert fig["trace"] == {"status": "traced", "handle": "q1", "row": 0, "column": "active_customers", "cell": float(right), "reason": None}
-    told = " ".join(_retry_texts(seen[-1]))
+    told = " ".join(retried_texts(seen[-1]))
     assert f"'Active customers' ({wrong} customers)" in told and f"active_customers={right}" in told, told
 
 
@@ -117,7 +100,7 @@ def test_a_figure_still_wrong_when_retries_run_out_is_kept_as_not_traced(session
     good, bad = reply.output["key_figures"]
     assert good["trace"]["status"] == "traced" and good["trace"]["column"] == "mrr_usd"
     assert bad["trace"]["status"] == "not_traced" and "401" in bad["trace"]["reason"]
-    assert len(_retry_texts(seen[-1])) == OUTPUT_RETRIES  # sent back as often as the budget allows, then kept
+    assert len(retried_texts(seen[-1])) == OUTPUT_RETRIES  # sent back as often as the budget allows, then kept
 
 
 def test_a_figure_citing_an_earlier_turns_result_ties_out(session, sample):

@@ -203,14 +203,13 @@ def make_chart_for(deps: AgentDeps, spec: charts.ChartSpec) -> dict[str, Any]:
         raise ModelRetry(f"{spec.result!r} is not a result of this conversation (results: {known}).")
     try:
         checked = charts.check_chart(spec, ref.columns, ref.row_count)
-        data = charts.chart_data(checked, ref.parquet_path)
         if checked.y_format == "currency" and checked.currency is None:
             # y's name names no currency: take the one the tables it read carry, when they name exactly one
             read = {d["table"] for d in ref.datasets_read}
             codes = {c for d in deps.datasets if d.table_name in read for c in currency_codes(d.columns)}
             if len(codes) == 1:
                 checked = checked.model_copy(update={"currency": codes.pop()})
-                data = charts.chart_data(checked, ref.parquet_path)
+        data = charts.chart_data(checked, ref.parquet_path)
         charts.build_chart(checked, data)
     except charts.ChartRefused as exc:
         raise ModelRetry(clip_text(f"The chart was not made: {exc.reason}", MAX_ERROR_CHARS)) from None
@@ -383,8 +382,6 @@ def profile_for_model(table: str, records: list[dict[str, Any]], *, budget_chars
 
 MAX_OVERVIEW_NOTES_CHARS = 600
 """A table's ingest notes in the instructions are cut to this many characters (list_tables has them all)."""
-_CURRENCY_CODES = ("usd", "eur", "gbp", "chf", "jpy", "cad", "aud", "nzd", "sek", "nok", "dkk", "inr", "brl", "mxn", "cny", "sgd", "hkd", "zar")
-_NAME_TOKEN = re.compile(r"[a-z]+")
 _REMOVED = re.compile(r"after removing ([^;]*)")
 
 
@@ -392,10 +389,8 @@ def currency_codes(columns: list[tuple[str, str]]) -> dict[str, list[str]]:
     """{ISO code: numeric columns whose names carry it} (mrr_usd → {"USD": ["mrr_usd"]})."""
     codes: dict[str, list[str]] = {}
     for name, dtype in columns:
-        if dtype.startswith(("DECIMAL", "DOUBLE", "BIGINT", "INTEGER", "HUGEINT", "FLOAT")):
-            for token in _NAME_TOKEN.findall(name.lower()):
-                if token in _CURRENCY_CODES:
-                    codes.setdefault(token.upper(), []).append(name)
+        if dtype.startswith(("DECIMAL", "DOUBLE", "BIGINT", "INTEGER", "HUGEINT", "FLOAT")) and (code := charts.currency_from_name(name)):
+            codes.setdefault(code, []).append(name)
     return codes
 
 

@@ -315,7 +315,9 @@ def _resolve(name: str, role: str, columns: list[dict], handle: str) -> dict:
     raise ChartRefused(f"{handle} has no column {_clip(name, 80)!r} (the {role} field). Its columns are: {_columns_text(columns)}.{hint}")
 
 
-def _currency_from_name(name: str) -> str | None:
+def currency_from_name(name: str) -> str | None:
+    """The ISO currency code a column name carries (mrr_usd → "USD"; the last one when several),
+    else None. The agent's prompt (currency per table) uses the same rule."""
     tokens = [t for t in _NAME_TOKEN.findall(name.lower()) if t in _CURRENCY_CODES]
     return tokens[-1].upper() if tokens else None
 
@@ -383,7 +385,7 @@ def _validate(spec: ChartSpec, columns: list[dict], row_count: int, *, limit_row
                 f"sort {spec.sort!r} orders categories; {_clip(xc['name'], 80)!r} is drawn as a time or number axis, always in order. "
                 "Use sort 'none', or x_format 'category' to rank the values as labels."
             )
-    currency = spec.currency or (_currency_from_name(yc["name"]) if spec.y_format == "currency" else None)
+    currency = spec.currency or (currency_from_name(yc["name"]) if spec.y_format == "currency" else None)
     return spec.model_copy(update={"x": xc["name"], "y": yc["name"], "series": sc["name"] if sc else None, "currency": currency})
 
 
